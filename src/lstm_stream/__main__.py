@@ -1,0 +1,7 @@
+"""``python -m lstm_stream`` is the ``lstm-stream`` command."""
+
+import sys
+
+from lstm_stream.cli import main
+
+sys.exit(main())

@@ -1,0 +1,153 @@
+"""The ``lstm-stream`` command: a thin layer that parses, calls the library and prints.
+
+Library code logs; only this module prints. Errors derived from
+LstmStreamError become one readable line on stderr and the exit code they carry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lstm_stream import __version__
+from lstm_stream.errors import LstmStreamError
+
+log = logging.getLogger("lstm_stream.cli")
+
+SERVE_EPILOG = """\
+examples:
+  lstm-stream serve models/random_lstm.onnx
+  lstm-stream serve --config configs/runner.toml --input tcp://127.0.0.1:6000
+  lstm-stream serve --set state.idle_timeout_s=2 --set input.topics=sensors,lidar
+
+The runner subscribes to sensor messages on --input (the vehicle stack binds
+its PUB there; use --input-bind to bind instead), runs one step per message,
+keeps each stream's state, and publishes outputs on --output (topic 'policy')
+and rejections on the same socket (topic 'diagnostics'). Ask it for counters
+with `lstm-stream control status`. Wire format: docs/protocol.md.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except LstmStreamError as err:
+        print(f"lstm-stream {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lstm-stream",
+        description="Streaming, stateful LSTM inference over ZeroMQ: one step per message, "
+                    "state kept per stream.")
+    parser.add_argument("--version", action="version", version=f"lstm-stream {__version__}")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"],
+                        help="logging verbosity on stderr (default: info)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(sub)
+    _add_info(sub)
+    _add_control(sub)
+    return parser
+
+
+def _add_serve(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the streaming runner",
+                       description="Serve an ONNX step model over ZeroMQ.",
+                       epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", nargs="?", help="ONNX step model (default: model.path in the "
+                   "config, models/random_lstm.onnx)")
+    p.add_argument("--config", metavar="TOML", help="runner config file (default: built-in "
+                   "defaults, the same as configs/runner.toml)")
+    p.add_argument("--input", metavar="ENDPOINT", help="where sensor messages are published "
+                   "(default tcp://127.0.0.1:5555, connected)")
+    p.add_argument("--input-bind", action="store_true", default=None,
+                   help="bind the input socket instead of connecting to it")
+    p.add_argument("--output", metavar="ENDPOINT", help="where outputs and diagnostics are "
+                   "published (default tcp://127.0.0.1:5556, bound)")
+    p.add_argument("--control", metavar="ENDPOINT", help="control socket for status and reset "
+                   "(default tcp://127.0.0.1:5557, bound)")
+    p.add_argument("--backend", choices=["onnxruntime", "numpy", "torch"],
+                   help="step backend (default onnxruntime)")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default 1)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="SECTION.FIELD=VALUE", help="override any config option; repeatable")
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from lstm_stream.config import load_runner_config
+    from lstm_stream.runner import Runner
+
+    overrides = list(args.overrides)
+    named = {"model.path": args.model, "input.endpoint": args.input,
+             "input.bind": args.input_bind, "output.endpoint": args.output,
+             "control.endpoint": args.control, "model.backend": args.backend,
+             "model.threads": args.threads}
+    for key, value in named.items():
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    config = load_runner_config(args.config, overrides)
+    log.info("config: %s", json.dumps(config.as_dict(), sort_keys=True))
+    runner = Runner(config)
+    try:
+        runner.run()
+    finally:
+        runner.close()
+    return 0
+
+
+def _add_info(sub: Any) -> None:
+    p = sub.add_parser("info", help="describe an ONNX step model and check its contract",
+                       description="Show what a model takes and returns, its state tensors "
+                       "and metadata, and whether it follows the model contract.")
+    p.add_argument("model", help="ONNX file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(handler=_info)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from lstm_stream.info import describe, render
+
+    info = describe(args.model)
+    print(json.dumps(info, indent=2) if args.json else render(info))
+    return 0
+
+
+def _add_control(sub: Any) -> None:
+    p = sub.add_parser("control", help="query or reset a running runner",
+                       description="Send a request to a runner's control socket.")
+    p.add_argument("cmd", choices=["status", "streams", "reset"])
+    p.add_argument("--stream", help="for reset: the stream to reset (default: all streams)")
+    p.add_argument("--control", default="tcp://127.0.0.1:5557", metavar="ENDPOINT",
+                   help="the runner's control endpoint (default tcp://127.0.0.1:5557)")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the reply")
+    p.set_defaults(handler=_control)
+
+
+def _control(args: argparse.Namespace) -> int:
+    from lstm_stream.client import control_request
+
+    request: dict[str, Any] = {"cmd": args.cmd}
+    if args.stream is not None:
+        request["stream"] = args.stream
+    reply = control_request(args.control, request, timeout_s=args.timeout)
+    print(json.dumps(reply, indent=2))
+    return 0 if reply.get("ok") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

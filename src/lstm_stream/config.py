@@ -1,0 +1,242 @@
+"""Runner configuration: typed dataclasses loaded from TOML and validated on load.
+
+Every field has a default equal to ``configs/runner.toml`` (a test keeps the two
+in step), so the runner works with no file at all. Any field can be overridden
+from the command line as ``--set section.field=value`` (the value is parsed as
+TOML, so ``--set state.max_streams=64`` gives an int and ``--set
+input.topics=["a","b"]`` a list). Errors name the field, the rule and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lstm_stream.errors import ConfigError
+
+_ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
+
+
+@dataclass
+class ModelConfig:
+    """Which model to serve and how to run it."""
+
+    path: str = "models/random_lstm.onnx"
+    backend: str = "onnxruntime"  # onnxruntime | numpy | torch
+    threads: int = 1  # intra-op threads; 1 is fastest for small models
+
+    def __post_init__(self) -> None:
+        from lstm_stream.backends import BACKENDS  # local: backends import contract
+
+        _check(self.backend in BACKENDS, "model.backend", f"one of {sorted(BACKENDS)}",
+               self.backend)
+        _check(1 <= self.threads <= 256, "model.threads", "between 1 and 256", self.threads)
+        _check(bool(self.path), "model.path", "a path to an .onnx file", self.path)
+
+
+@dataclass
+class InputConfig:
+    """The SUB socket that receives sensor messages from the vehicle stack."""
+
+    endpoint: str = "tcp://127.0.0.1:5555"
+    bind: bool = False  # the vehicle stack binds its PUB; the runner connects
+    topics: list[str] = field(default_factory=lambda: ["sensors"])
+    max_message_bytes: int = 65536  # larger payloads are rejected and counted
+    zmq_max_message_bytes: int = 1048576  # ZMQ_MAXMSGSIZE: peer disconnected above this
+    rcvhwm: int = 10000
+
+    def __post_init__(self) -> None:
+        _check_endpoint("input.endpoint", self.endpoint)
+        _check(len(self.topics) > 0, "input.topics", "at least one topic", self.topics)
+        _check(256 <= self.max_message_bytes <= 1 << 30, "input.max_message_bytes",
+               "between 256 and 2**30", self.max_message_bytes)
+        _check(self.zmq_max_message_bytes == -1
+               or self.zmq_max_message_bytes >= self.max_message_bytes,
+               "input.zmq_max_message_bytes", ">= input.max_message_bytes, or -1 for no limit",
+               self.zmq_max_message_bytes)
+        _check(self.rcvhwm >= 0, "input.rcvhwm", ">= 0 (0 means no limit)", self.rcvhwm)
+
+
+@dataclass
+class OutputConfig:
+    """The PUB socket that publishes policy outputs and diagnostics."""
+
+    endpoint: str = "tcp://127.0.0.1:5556"
+    bind: bool = True
+    topic: str = "policy"
+    diagnostics_topic: str = "diagnostics"
+    sndhwm: int = 10000
+
+    def __post_init__(self) -> None:
+        _check_endpoint("output.endpoint", self.endpoint)
+        _check(bool(self.topic), "output.topic", "a non-empty topic", self.topic)
+        _check(bool(self.diagnostics_topic), "output.diagnostics_topic", "a non-empty topic",
+               self.diagnostics_topic)
+        _check(self.sndhwm >= 0, "output.sndhwm", ">= 0 (0 means no limit)", self.sndhwm)
+
+
+@dataclass
+class ControlConfig:
+    """The ROUTER socket that answers status and reset requests."""
+
+    endpoint: str = "tcp://127.0.0.1:5557"
+    bind: bool = True
+
+    def __post_init__(self) -> None:
+        _check_endpoint("control.endpoint", self.endpoint)
+
+
+@dataclass
+class StateConfig:
+    """How per-stream state is kept, reset and bounded."""
+
+    max_streams: int = 1024  # least recently used stream evicted beyond this
+    idle_timeout_s: float = 5.0  # a stream silent for longer is reset (and forgotten)
+    max_gap: int = 0  # reset when more than this many seq are missed; 0 = never, only report
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.max_streams <= 1_000_000, "state.max_streams",
+               "between 1 and 1000000", self.max_streams)
+        _check(self.idle_timeout_s > 0, "state.idle_timeout_s", "> 0 seconds",
+               self.idle_timeout_s)
+        _check(self.max_gap >= 0, "state.max_gap", ">= 0 (0 disables gap resets)", self.max_gap)
+
+
+@dataclass
+class RunnerConfig:
+    """Everything ``lstm-stream serve`` needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+
+    def __post_init__(self) -> None:
+        endpoints = [self.input.endpoint, self.output.endpoint, self.control.endpoint]
+        bound = [e for e, b in zip(endpoints, [self.input.bind, self.output.bind,
+                                               self.control.bind], strict=True) if b]
+        _check(len(set(bound)) == len(bound), "endpoints",
+               "distinct endpoints for the sockets that bind", bound)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+T = TypeVar("T")
+
+
+def load_runner_config(path: str | Path | None = None,
+                       overrides: list[str] | None = None) -> RunnerConfig:
+    """Load ``path`` (or the defaults when None), apply ``section.field=value`` overrides."""
+    data: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        data = read_toml(path)
+    for item in overrides or []:
+        apply_override(data, item)
+    return from_dict(RunnerConfig, data, where)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file, turning I/O and syntax errors into ConfigError."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {str(path)!r} does not exist.") from None
+    except OSError as err:
+        raise ConfigError(f"Could not read config file {str(path)!r}: {err}.") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"Config file {str(path)!r} is not valid TOML: {err}.") from err
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b=value`` override to nested ``data`` in place."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"Override {item!r} is not of the form section.field=value.")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word: take it as a string
+    *parents, leaf = key.strip().split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"Override {item!r}: {part!r} is a value, not a section.")
+        node = child
+    node[leaf] = value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, refusing unknown keys and wrong types."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            known = ", ".join(prefix + k for k in fields)
+            raise ConfigError(f"{where}: unknown option {prefix + key!r}. Known options: {known}.")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        hint = hints[name]
+        full = prefix + name
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {full!r} must be a table ([{full}]), got {value!r}.")
+            kwargs[name] = from_dict(hint, value, where, prefix=full + ".")  # type: ignore[arg-type]
+        else:
+            kwargs[name] = _coerce(full, hint, value, where)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _coerce(name: str, hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if isinstance(value, str):  # "a,b" from the command line
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {name!r} must be a list, got {value!r}.")
+        return [_coerce(f"{name}[{i}]", item_type, v, where) for i, v in enumerate(value)]
+    if origin in (types.UnionType, typing.Union):
+        raise TypeError(f"unions are not supported in configs ({name})")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {name!r} must be true or false, got {value!r}.")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {name!r} must be an integer, got {value!r}.")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: {name!r} must be a number, got {value!r}.")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {name!r} must be a string, got {value!r}.")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {name}")
+
+
+def _check(ok: bool, name: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{name!r} must be {rule}; got {value!r}.")
+
+
+def _check_endpoint(name: str, value: str) -> None:
+    _check(isinstance(value, str) and value.startswith(_ENDPOINT_SCHEMES), name,
+           "a ZeroMQ endpoint such as tcp://127.0.0.1:5555 or ipc:///tmp/x", value)

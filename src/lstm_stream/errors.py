@@ -1,0 +1,37 @@
+"""The exception hierarchy of lstm-stream.
+
+Every error a user can meet derives from :class:`LstmStreamError`. Messages say
+what happened, with which value, and what to do. The CLI turns them into a
+one-line message and the exit code carried by the class (1 for errors, 2 for
+usage mistakes such as a bad configuration).
+"""
+
+from __future__ import annotations
+
+
+class LstmStreamError(Exception):
+    """Base class of every error raised on purpose by lstm-stream."""
+
+    exit_code: int = 1
+
+
+class ConfigError(LstmStreamError):
+    """A configuration file or command-line override is invalid."""
+
+    exit_code = 2
+
+
+class ModelFormatError(LstmStreamError):
+    """A file could not be parsed as an ONNX model."""
+
+
+class ModelContractError(LstmStreamError):
+    """An ONNX model does not follow the model contract (see docs/model-contract.md)."""
+
+
+class BackendError(LstmStreamError):
+    """A step backend could not be created or could not run a step."""
+
+
+class UnsupportedOperatorError(BackendError):
+    """The numpy or torch backend met an ONNX operator it does not implement."""

@@ -1,0 +1,235 @@
+"""Wire protocol v1: sensor messages in, policy outputs and diagnostics out.
+
+Every message is a two-frame ZeroMQ multipart ``[topic, payload]`` whose
+payload is a msgpack map. The full specification, written for implementers in
+other languages, is docs/protocol.md; this module is its executable form.
+
+Decoding never raises on bad input: it returns a :class:`Rejection` that says
+which rule was broken, so that the runner can count it, report it and carry on
+with its state untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = 1
+MAX_STREAM_NAME_BYTES = 256
+MAX_SEQ = (1 << 63) - 1
+
+# Rejection reasons: short, stable codes (counted in status, sent on diagnostics).
+FRAMES = "frames"  # not exactly two frames
+TOPIC = "topic"  # topic frame is not UTF-8
+OVERSIZED = "oversized"  # payload larger than input.max_message_bytes
+NOT_MSGPACK = "not_msgpack"  # payload does not decode as one msgpack object
+NOT_MAP = "not_map"  # payload is msgpack but not a map with string keys
+MISSING_KEY = "missing_key"  # a required key is absent
+BAD_TYPE = "bad_type"  # a key has the wrong type
+BAD_VALUE = "bad_value"  # right type, value out of range
+WRONG_LENGTH = "wrong_length"  # x does not have the model's number of features
+NON_FINITE = "non_finite"  # x holds NaN or +-Inf
+STALE_SEQ = "stale_seq"  # seq not greater than the stream's last stepped seq
+STEP_FAILED = "step_failed"  # the backend raised while stepping
+
+REJECTION_REASONS = (FRAMES, TOPIC, OVERSIZED, NOT_MSGPACK, NOT_MAP, MISSING_KEY, BAD_TYPE,
+                     BAD_VALUE, WRONG_LENGTH, NON_FINITE, STALE_SEQ, STEP_FAILED)
+
+_NUMBER = (int, float)
+
+
+@dataclass(slots=True)
+class SensorMessage:
+    """A decoded, validated sensor message: safe to step."""
+
+    topic: str
+    stream: str
+    seq: int
+    stamp_ns: int | None
+    x: np.ndarray  # float32, shape (1, features), C-contiguous
+    reset: bool
+
+
+@dataclass(slots=True)
+class Rejection:
+    """Why a message was not stepped; ``stream`` and ``seq`` when they could be read."""
+
+    reason: str
+    detail: str
+    topic: str | None = None
+    stream: str | None = None
+    seq: int | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"event": "rejected", "reason": self.reason, "detail": self.detail,
+                "topic": self.topic, "stream": self.stream, "seq": self.seq}
+
+
+class SensorDecoder:
+    """Decodes ``[topic, payload]`` frames for a model with ``n_features`` inputs."""
+
+    def __init__(self, n_features: int, feature_names: tuple[str, ...] | None = None,
+                 max_message_bytes: int = 65536) -> None:
+        self.n_features = n_features
+        self.feature_names = feature_names
+        self.max_message_bytes = max_message_bytes
+        self._x_bytes = 4 * n_features
+
+    def decode(self, frames: list[bytes]) -> SensorMessage | Rejection:
+        """Validate one multipart message; never raises on any input."""
+        if len(frames) != 2:
+            return Rejection(FRAMES, f"expected 2 frames [topic, payload], got {len(frames)}")
+        raw_topic, payload = frames
+        try:
+            topic = raw_topic.decode()
+        except UnicodeDecodeError:
+            return Rejection(TOPIC, "topic frame is not valid UTF-8")
+        if len(payload) > self.max_message_bytes:
+            return Rejection(OVERSIZED, f"payload is {len(payload)} bytes, more than the "
+                             f"limit of {self.max_message_bytes} (input.max_message_bytes)",
+                             topic)
+        try:
+            body = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        except Exception as err:  # msgpack raises many types for bad bytes
+            return Rejection(NOT_MSGPACK, f"payload is not one msgpack object: "
+                             f"{type(err).__name__}: {err}"[:300], topic)
+        if type(body) is not dict:
+            return Rejection(NOT_MAP, f"payload must be a msgpack map, got "
+                             f"{_kind(body)}", topic)
+        return self._decode_map(topic, body)
+
+    def _decode_map(self, topic: str, body: dict[Any, Any]) -> SensorMessage | Rejection:
+        stream = body.get("stream", topic)
+        if type(stream) is not str:
+            return Rejection(BAD_TYPE, f"'stream' must be a string, got {_kind(stream)}", topic)
+        if not stream or len(stream.encode()) > MAX_STREAM_NAME_BYTES:
+            return Rejection(BAD_VALUE, f"'stream' must be 1 to {MAX_STREAM_NAME_BYTES} "
+                             "UTF-8 bytes long", topic, None)
+        seq = body.get("seq")
+        if seq is None:
+            return Rejection(MISSING_KEY, "'seq' is required (an integer that increases by "
+                             "one per message of the stream)", topic, stream)
+        if type(seq) is not int:
+            return Rejection(BAD_TYPE, f"'seq' must be an integer, got {_kind(seq)}",
+                             topic, stream)
+        if not 0 <= seq <= MAX_SEQ:
+            return Rejection(BAD_VALUE, f"'seq' must be between 0 and 2**63-1, got {seq}",
+                             topic, stream)
+        stamp = body.get("stamp_ns")
+        if stamp is not None:
+            if type(stamp) is not int:
+                return Rejection(BAD_TYPE, f"'stamp_ns' must be an integer (nanoseconds), "
+                                 f"got {_kind(stamp)}", topic, stream, seq)
+            if not 0 <= stamp <= MAX_SEQ:
+                return Rejection(BAD_VALUE, f"'stamp_ns' must be between 0 and 2**63-1, "
+                                 f"got {stamp}", topic, stream, seq)
+        reset = body.get("reset", False)
+        if type(reset) is not bool:
+            return Rejection(BAD_TYPE, f"'reset' must be true or false, got {_kind(reset)}",
+                             topic, stream, seq)
+        if "x" not in body:
+            return Rejection(MISSING_KEY, "'x' (the feature vector) is required",
+                             topic, stream, seq)
+        x = self._features(body["x"])
+        if type(x) is str:
+            reason, _, detail = x.partition(":")
+            return Rejection(reason, detail, topic, stream, seq)
+        return SensorMessage(topic, stream, seq, stamp, x, reset)  # type: ignore[arg-type]
+
+    def _features(self, value: Any) -> np.ndarray | str:
+        """The feature vector as float32 (1, n), or ``"reason:detail"`` when invalid."""
+        n = self.n_features
+        kind = type(value)
+        if kind is bytes:
+            if len(value) != self._x_bytes:
+                return (f"{WRONG_LENGTH}:'x' is {len(value)} bytes; the model takes {n} "
+                        f"float32 features = {self._x_bytes} bytes")
+            x = np.frombuffer(value, dtype="<f4").reshape(1, n)
+        elif kind is list:
+            if len(value) != n:
+                return f"{WRONG_LENGTH}:'x' has {len(value)} values; the model takes {n}"
+            for v in value:
+                if type(v) not in _NUMBER:
+                    return f"{BAD_TYPE}:'x' must hold only numbers, found {_kind(v)}"
+            with np.errstate(over="ignore"):  # beyond float32 range: inf, rejected below
+                x = np.array(value, dtype=np.float32).reshape(1, n)
+        elif kind is dict:
+            got = self._named_features(value)
+            if type(got) is str:
+                return got
+            x = got  # type: ignore[assignment]
+        else:
+            return (f"{BAD_TYPE}:'x' must be bin (little-endian float32), an array of numbers "
+                    f"or a map of feature names, got {_kind(value)}")
+        if not np.isfinite(x).all():
+            bad = int(np.flatnonzero(~np.isfinite(x))[0])
+            return f"{NON_FINITE}:'x' holds NaN or Inf (first at index {bad})"
+        return x
+
+    def _named_features(self, value: dict[Any, Any]) -> np.ndarray | str:
+        names = self.feature_names
+        if names is None:
+            return (f"{BAD_TYPE}:'x' is a map of named features but the model declares no "
+                    "feature_names; send an array or bin instead")
+        if len(value) != len(names):
+            missing = [k for k in names if k not in value]
+            extra = [str(k) for k in value if k not in names]
+            return (f"{WRONG_LENGTH}:'x' names {len(value)} features, the model takes "
+                    f"{len(names)} (missing {missing[:5]}, unknown {extra[:5]})")
+        out = np.empty((1, len(names)), dtype=np.float32)
+        for i, name in enumerate(names):
+            v = value.get(name)
+            if v is None:
+                return f"{MISSING_KEY}:'x' lacks feature {name!r}"
+            if type(v) not in _NUMBER:
+                return f"{BAD_TYPE}:feature {name!r} must be a number, got {_kind(v)}"
+            with np.errstate(over="ignore"):
+                out[0, i] = v
+        return out
+
+
+def _kind(value: Any) -> str:
+    """A short, safe description of a value's type for an error message."""
+    name = type(value).__name__
+    names = {"NoneType": "nil", "dict": "map", "list": "array", "bytes": "bin", "str": "str",
+             "float": "float", "int": "int", "bool": "bool", "ExtType": "ext"}
+    return names.get(name, name)
+
+
+def encode_output(packer: msgpack.Packer, msg: SensorMessage, y: list[float], step: int,
+                  reset: str | None, gap: int, latency_ns: int) -> bytes:
+    """Encode one policy output (keys in the order docs/protocol.md lists them)."""
+    out: bytes = packer.pack({
+        "stream": msg.stream, "seq": msg.seq, "stamp_ns": msg.stamp_ns, "y": y,
+        "step": step, "reset": reset, "gap": gap, "latency_ns": latency_ns,
+    })
+    return out
+
+
+def encode_sensor(seq: int, x: np.ndarray | list[float], *, stream: str | None = None,
+                  stamp_ns: int | None = None, reset: bool = False) -> bytes:
+    """Encode a sensor message payload; what a Python vehicle stack or test sends."""
+    body: dict[str, Any] = {"seq": seq}
+    if stream is not None:
+        body["stream"] = stream
+    if stamp_ns is not None:
+        body["stamp_ns"] = stamp_ns
+    if isinstance(x, np.ndarray):
+        body["x"] = np.ascontiguousarray(x, dtype="<f4").tobytes()
+    else:
+        body["x"] = list(x)
+    if reset:
+        body["reset"] = True
+    out: bytes = msgpack.packb(body, use_bin_type=True)
+    return out
+
+
+def decode_payload(payload: bytes) -> dict[str, Any]:
+    """Decode an output, diagnostics or control payload (a msgpack map)."""
+    body = msgpack.unpackb(payload, raw=False)
+    if not isinstance(body, dict):
+        raise ValueError(f"expected a msgpack map, got {_kind(body)}")
+    return body
