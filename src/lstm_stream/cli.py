@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_info(sub)
     _add_control(sub)
+    _add_demo(sub)
     return parser
 
 
@@ -147,6 +148,60 @@ def _control(args: argparse.Namespace) -> int:
     reply = control_request(args.control, request, timeout_s=args.timeout)
     print(json.dumps(reply, indent=2))
     return 0 if reply.get("ok") else 1
+
+
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser("demo", help="run the runner end to end on this machine (no set-up)",
+                       description="Start `lstm-stream serve` with the shipped model on free "
+                       "loopback ports, publish synthetic sensor streams into it, check every "
+                       "output against the numpy backend offline and report latency.")
+    p.add_argument("--model", default="models/random_lstm.onnx", help="ONNX step model "
+                   "(default: models/random_lstm.onnx)")
+    p.add_argument("--streams", type=int, default=3, help="parallel streams (default 3)")
+    p.add_argument("--steps", type=int, default=300, help="messages per stream (default 300)")
+    p.add_argument("--rate", type=float, default=100.0, help="messages per second per stream "
+                   "(default 100)")
+    p.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from lstm_stream.demo import DemoReport, run_demo
+
+    if args.streams < 1 or args.steps < 1 or args.rate <= 0:
+        print("lstm-stream demo: error: --streams, --steps and --rate must be positive",
+              file=sys.stderr)
+        return 2
+    live = sys.stdout.isatty()
+
+    def progress(report: DemoReport) -> None:
+        rt = report.percentiles(report.round_trip_us[-200:])
+        line = (f"sent {report.sent:6d}  received {report.received:6d}  round trip p50 "
+                f"{rt.get('p50', 0):7.1f} us  max |served - reference| "
+                f"{report.max_abs_error:.2e}")
+        print("\r" + line if live else line, end="" if live else "\n", flush=True)
+
+    print(f"demo: serving {args.model} to {args.streams} streams at {args.rate:g} Hz "
+          f"for {args.steps} steps each")
+    report = run_demo(args.model, streams=args.streams, steps=args.steps, rate_hz=args.rate,
+                      progress=progress)
+    if live:
+        print()
+    rt, inside = report.percentiles(report.round_trip_us), report.percentiles(report.runner_us)
+    st = report.status
+    print(f"messages    sent {report.sent}, outputs {report.received}, stepped "
+          f"{st.get('stepped')}, rejected {sum(st.get('rejected', {}).values())}")
+    print(f"state       {st.get('streams')} streams, resets {st.get('resets')}")
+    print(f"parity      max |served - numpy reference| = {report.max_abs_error:.2e} "
+          "(state carried across messages)")
+    print("round trip  " + _fmt_us(rt) + "  (vehicle stack -> runner -> vehicle stack)")
+    print("in runner   " + _fmt_us(inside) + "  (receive -> publish, latency_ns)")
+    ok = report.received == report.sent and report.max_abs_error <= 1e-4
+    print("demo: OK" if ok else "demo: FAILED (lost outputs or outputs differ)")
+    return 0 if ok else 1
+
+
+def _fmt_us(p: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:7.1f} us" for k, v in p.items())
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""Small clients for the runner's sockets: the control socket, and the output topics.
+"""Clients of a runner: its control socket, and the vehicle-stack side of the wire.
 
-Used by the CLI (``lstm-stream control``), by tests and by Python vehicle stacks.
+Used by the CLI (``lstm-stream control``, ``lstm-stream demo``), by tests and by
+Python vehicle stacks.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgpack
@@ -37,3 +39,79 @@ def control_request(endpoint: str, request: dict[str, Any], *, timeout_s: float 
     if not isinstance(reply, dict):
         raise ControlError(f"The control socket at {endpoint!r} sent a reply that is not a map.")
     return reply
+
+
+class VehicleStack:
+    """The vehicle-stack side of the wire, for Python stacks, tools and tests.
+
+    Publishes sensor messages on a bound XPUB socket (so it can see the runner
+    subscribe instead of guessing with a sleep: the ZeroMQ slow-joiner problem)
+    and receives the runner's outputs and diagnostics on a SUB socket.
+    """
+
+    def __init__(self, context: zmq.Context[Any] | None = None,
+                 sensors_endpoint: str = "tcp://127.0.0.1:*") -> None:
+        self.context = context or zmq.Context.instance()
+        self.pub = self.context.socket(zmq.XPUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.SNDHWM, 0)
+        self.pub.bind(sensors_endpoint)
+        self.sensors_endpoint: str = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.sub = self.context.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.RCVHWM, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.control_endpoint: str | None = None
+
+    def wait_subscribed(self, topic: bytes = b"sensors", timeout_s: float = 10.0) -> None:
+        """Block until a runner has subscribed to ``topic`` on the sensor socket."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.pub.poll(100, zmq.POLLIN) and self.pub.recv() == b"\x01" + topic:
+                return
+        raise ControlError(f"No runner subscribed to {topic!r} on {self.sensors_endpoint} "
+                           f"within {timeout_s:g} s. Is it started with --input "
+                           f"{self.sensors_endpoint}?")
+
+    def connect_outputs(self, output_endpoint: str, control_endpoint: str,
+                        timeout_s: float = 10.0) -> None:
+        """Connect to a runner's outputs and wait until the runner has seen the subscription."""
+        self.sub.connect(output_endpoint)
+        self.control_endpoint = control_endpoint
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            reply = control_request(control_endpoint, {"cmd": "status"}, context=self.context)
+            if reply.get("subscriptions"):
+                return
+            time.sleep(0.02)
+        raise ControlError(f"The runner at {output_endpoint} did not see our subscription "
+                           f"within {timeout_s:g} s.")
+
+    def send(self, payload: bytes, topic: bytes = b"sensors") -> None:
+        self.pub.send_multipart([topic, payload])
+
+    def send_frames(self, frames: list[bytes]) -> None:
+        self.pub.send_multipart(frames)
+
+    def receive(self, count: int, timeout_s: float = 10.0) -> list[tuple[str, dict[str, Any]]]:
+        """The next ``count`` messages from the runner, as (topic, payload map)."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < count:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sub.poll(int(left * 1000) + 1, zmq.POLLIN):
+                raise ControlError(f"Received {len(out)} of {count} messages from the runner "
+                                   f"within {timeout_s:g} s.")
+            topic, payload = self.sub.recv_multipart()
+            out.append((topic.decode(errors="replace"), msgpack.unpackb(payload, raw=False)))
+        return out
+
+    def close(self) -> None:
+        self.pub.close(linger=0)
+        self.sub.close(linger=0)
+
+    def __enter__(self) -> VehicleStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
