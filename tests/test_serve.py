@@ -24,6 +24,7 @@ from lstm_stream.backends.numpy import NumpyBackend
 from lstm_stream.client import control_request
 from lstm_stream.contract import load_contract
 from lstm_stream.protocol import encode_sensor
+
 from support import REPO, Served, VehicleStack, serve_process
 
 MODEL = REPO / "models" / "random_lstm.onnx"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -81,8 +82,6 @@ def _names(names: list[str] | None) -> str:
 
 
 def _short(value: str, limit: int = 100) -> str:
-    try:
+    with contextlib.suppress(json.JSONDecodeError, TypeError):
         value = json.dumps(json.loads(value))
-    except (json.JSONDecodeError, TypeError):
-        pass
     return value if len(value) <= limit else value[: limit - 3] + "..."

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import numpy as np
@@ -156,7 +156,7 @@ class Runner:
     def _drain_input(self) -> None:
         sub, handle, clock = self.sub, self.handle, time.perf_counter_ns
         for _ in range(MAX_BURST):
-            if not sub.get(zmq.EVENTS) & zmq.POLLIN:
+            if not cast(int, sub.get(zmq.EVENTS)) & zmq.POLLIN:
                 return
             frames = sub.recv_multipart()
             handle(frames, clock())
@@ -211,7 +211,7 @@ class Runner:
                 "idle_s": round((now_ns - stream.last_seen_ns) / 1e9, 3)})
 
     def _read_subscriptions(self) -> None:
-        while self.pub.get(zmq.EVENTS) & zmq.POLLIN:
+        while cast(int, self.pub.get(zmq.EVENTS)) & zmq.POLLIN:
             frame = self.pub.recv()
             if frame:
                 topic = frame[1:].decode(errors="replace")
@@ -220,7 +220,7 @@ class Runner:
                     del self.subscriptions[topic]
 
     def _serve_control(self) -> None:
-        while self.control.get(zmq.EVENTS) & zmq.POLLIN:
+        while cast(int, self.control.get(zmq.EVENTS)) & zmq.POLLIN:
             frames = self.control.recv_multipart()
             self.counters.control_requests += 1
             # REQ clients send [identity, b"", request]; DEALER clients [identity, request].
