@@ -1,0 +1,285 @@
+"""The onnxruntime, numpy and torch backends agree step after step, with state fed back."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from lstm_stream import cell
+from lstm_stream.backends import StepBackend, create_backend
+from lstm_stream.contract import ModelContract, load_contract
+from lstm_stream.errors import BackendError, UnsupportedOperatorError
+
+from make_model import build_step_model
+
+TOL = 1e-5
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+BACKENDS = [
+    "onnxruntime",
+    "numpy",
+    pytest.param("torch", marks=[pytest.mark.torch,
+                                 pytest.mark.skipif(not HAS_TORCH, reason="needs torch")]),
+]  # fmt: skip
+INTERPRETERS = [b for b in BACKENDS if b != "onnxruntime"]
+
+
+def run_steps(
+    backend: StepBackend, contract: ModelContract, xs: np.ndarray
+) -> list[tuple[np.ndarray, tuple[np.ndarray, ...]]]:
+    """Step through xs (T, B, F), feeding each step's state into the next."""
+    batch = xs.shape[1]
+    states: Sequence[np.ndarray] = [
+        np.zeros((s.layers, batch, s.hidden), np.float32) for s in contract.states
+    ]
+    out = []
+    for x in xs:
+        y, states = backend.step(x, states)
+        assert y.dtype == np.float32 and all(s.dtype == np.float32 for s in states)
+        out.append((y, states))
+    return out
+
+
+def assert_same_run(got: list[Any], want: list[Any]) -> None:
+    for t, ((y, states), (y_ref, states_ref)) in enumerate(zip(got, want, strict=True)):
+        np.testing.assert_allclose(y, y_ref, rtol=TOL, atol=TOL, err_msg=f"y at step {t}")
+        for s, s_ref in zip(states, states_ref, strict=True):
+            np.testing.assert_allclose(s, s_ref, rtol=TOL, atol=TOL, err_msg=f"state at {t}")
+
+
+def inputs(contract: ModelContract, batch: int, steps: int = 50, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.normal(0.0, 2.0, size=(steps, batch, contract.n_features)).astype(np.float32)
+
+
+MODELS = {
+    "lstm-1": {"cell": "lstm", "layers": 1},
+    "lstm-2": {"cell": "lstm", "layers": 2},
+    "lstm-2-raw": {"cell": "lstm", "layers": 2, "normalize": False},
+    "gru-2": {"cell": "gru", "layers": 2},
+    "gru-1-raw": {"cell": "gru", "layers": 1, "normalize": False},
+}
+
+
+@pytest.mark.parametrize("backend", INTERPRETERS)
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("model", list(MODELS))
+def test_interpreters_match_onnxruntime_over_50_steps(
+    model_factory: Any, model: str, batch: int, backend: str
+) -> None:
+    path = model_factory(**MODELS[model], hidden=24, features=6, outputs=2, seed=7)
+    contract = load_contract(path)
+    xs = inputs(contract, batch)
+    want = run_steps(create_backend("onnxruntime", contract), contract, xs)
+    got = run_steps(create_backend(backend, contract), contract, xs)
+    assert_same_run(got, want)
+    assert np.ptp(np.stack([y for y, _ in want])) > 0.02  # outputs really vary
+
+
+@pytest.mark.parametrize("backend", INTERPRETERS)
+def test_shipped_default_model(backend: str) -> None:
+    contract = load_contract(Path(__file__).resolve().parents[2] / "models/random_lstm.onnx")
+    assert (contract.n_features, contract.n_outputs, contract.cell) == (16, 2, "lstm")
+    xs = inputs(contract, batch=3, steps=20)
+    want = run_steps(create_backend("onnxruntime", contract), contract, xs)
+    assert_same_run(run_steps(create_backend(backend, contract), contract, xs), want)
+
+
+@pytest.mark.parametrize("backend", INTERPRETERS)
+def test_gru_with_onnx_default_linear_before_reset(tmp_path: Path, backend: str) -> None:
+    model = build_step_model(cell="gru", layers=2, hidden=16, features=5, seed=2)
+    for node in model.graph.node:
+        if node.op_type == "GRU":
+            del node.attribute[:]
+            node.attribute.append(helper.make_attribute("hidden_size", 16))
+    path = tmp_path / "gru_lbr0.onnx"
+    path.write_bytes(model.SerializeToString())
+    contract = load_contract(path)
+    xs = inputs(contract, batch=4, steps=20)
+    want = run_steps(create_backend("onnxruntime", contract), contract, xs)
+    assert_same_run(run_steps(create_backend(backend, contract), contract, xs), want)
+
+
+def test_numpy_backend_equals_cell_maths_from_the_builders_weights(tmp_path: Path) -> None:
+    model = build_step_model(cell="lstm", layers=2, hidden=12, features=4, outputs=3, seed=5)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    layers = [cell.lstm_from_onnx(weights[f"W_{k}"], weights[f"R_{k}"], weights[f"B_{k}"])
+              for k in range(2)]  # fmt: skip
+    norm = json.loads({p.key: p.value for p in model.metadata_props}["normalization"])
+    mean, std = np.float32(norm["mean"]), np.float32(norm["std"])
+
+    contract = load_contract(path)
+    backend = create_backend("numpy", contract)
+    xs = inputs(contract, batch=3, steps=30)
+    h = np.zeros((2, 3, 12), np.float32)
+    c = np.zeros_like(h)
+    for (y, (h_got, c_got)), x in zip(run_steps(backend, contract, xs), xs, strict=True):
+        top, h, c = cell.lstm_step((x - mean) / std, h, c, layers)
+        y_want = top @ weights["head_W"].T + weights["head_b"]
+        np.testing.assert_allclose(y, y_want, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(h_got, h, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(c_got, c, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------ the rest of the operator subset
+def _vi(name: str, shape: list[Any], elem: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def _const(name: str, value: Any, dtype: Any = np.int64) -> TensorProto:
+    return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+
+def _operator_zoo_opset17() -> onnx.ModelProto:
+    """Every non-recurrent operator the interpreters implement, in a contract-shaped model."""
+    rng = np.random.default_rng(4)
+    f32 = np.float32
+    n = helper.make_node
+    nodes = [
+        n("Constant", [], ["k"], value=_const("kv", rng.normal(size=(6, 6)), f32)),
+        n("MatMul", ["x", "k"], ["a"]),
+        n("Relu", ["a"], ["a_relu"]),
+        n("Tanh", ["a_relu"], ["a_tanh"]),
+        n("Gemm", ["a_tanh", "gw", "gb"], ["g"], alpha=0.5, beta=2.0, transB=1),
+        n("Gemm", ["gw_t", "a_tanh"], ["g_t"], transA=1, transB=1),  # (4, B)
+        n("Transpose", ["g_t"], ["g_tt"], perm=[1, 0]),  # (B, 4)
+        n("Sigmoid", ["g"], ["s"]),
+        n("Softmax", ["s"], ["sm"], axis=1),
+        n("Split", ["sm", "split"], ["p1", "p2"], axis=1),  # (B, 1), (B, 3)
+        n("Shape", ["x"], ["shape"]),
+        n("Gather", ["shape", "zero"], ["batch"]),  # a scalar: the batch size
+        n("Unsqueeze", ["batch", "zero1"], ["batch1"]),
+        n("Concat", ["batch1", "minus1"], ["target"], axis=0),
+        n("Reshape", ["p2", "target"], ["p2r"]),
+        n("Transpose", ["p2r"], ["p2t"]),
+        n("Transpose", ["p2t"], ["p2b"]),
+        n("Slice", ["p2b", "neg1", "neg_big", "one1", "neg1"], ["rev"]),  # reversed columns
+        n("Gather", ["x", "cols"], ["picked"], axis=1),
+        n("Mul", ["x", "ten"], ["x10"]),
+        n("Cast", ["x10"], ["xi"], to=TensorProto.INT64),
+        n("Div", ["xi", "three"], ["xq"]),  # integer division truncates toward zero
+        n("Cast", ["xq"], ["xqf"], to=TensorProto.FLOAT),
+        n("Slice", ["xqf", "zero1", "one1", "one1"], ["q1"]),
+        n("Div", ["q1", "ten"], ["q1s"]),
+        n("Squeeze", ["h", "zero1"], ["h2"]),
+        n("Sub", ["h2", "g_tt"], ["hd"]),
+        n("Concat", ["p1", "rev", "picked", "q1s", "hd"], ["cat"], axis=1),
+        n("Identity", ["cat"], ["y"]),
+        n("Add", ["h2", "g_tt"], ["hs"]),
+        n("Tanh", ["hs"], ["ht"]),
+        n("Unsqueeze", ["ht", "zero1"], ["h_out"]),
+    ]
+    inits = [
+        _const("gw", rng.normal(size=(4, 6)), f32), _const("gb", rng.normal(size=4), f32),
+        _const("gw_t", rng.normal(size=(6, 4)), f32),
+        _const("split", [1, 3]), _const("zero", 0), _const("zero1", [0]),
+        _const("minus1", [-1]), _const("neg1", [-1]), _const("neg_big", [-(2**62)]),
+        _const("one1", [1]), _const("cols", [2, 0]), _const("ten", 10.0, f32),
+        _const("three", 3),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "zoo", [_vi("x", ["batch", 6]), _vi("h", [1, "batch", 4])],
+        [_vi("y", ["batch", 11]), _vi("h_out", [1, "batch", 4])], initializer=inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _operator_zoo_opset9() -> onnx.ModelProto:
+    """The opset-9 forms: Slice, axes and split as attributes, Softmax over a coerced 2-D view."""
+    n = helper.make_node
+    nodes = [
+        n("Unsqueeze", ["x"], ["x3"], axes=[1]),  # (B, 1, 6)
+        n("Softmax", ["x3"], ["sm"], axis=1),  # over the flattened (1, 6) tail
+        n("Squeeze", ["sm"], ["sm2"], axes=[1]),
+        n("Split", ["sm2"], ["a", "b"], axis=1, split=[2, 4]),
+        n("Slice", ["b"], ["b2"], starts=[1], ends=[100], axes=[1]),
+        n("Split", ["h"], ["h_a", "h_b"], axis=2),  # equal halves
+        n("Concat", ["h_b", "h_a"], ["h_out"], axis=2),
+        n("Concat", ["a", "b2"], ["y"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "zoo9", [_vi("x", ["batch", 6]), _vi("h", [1, "batch", 4])],
+        [_vi("y", ["batch", 5]), _vi("h_out", [1, "batch", 4])],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=4)
+
+
+@pytest.mark.parametrize("backend", INTERPRETERS)
+@pytest.mark.parametrize("build", [_operator_zoo_opset17, _operator_zoo_opset9])
+def test_operator_subset_matches_onnxruntime(tmp_path: Path, build: Any, backend: str) -> None:
+    model = build()
+    onnx.checker.check_model(model, full_check=True)
+    path = tmp_path / "zoo.onnx"
+    path.write_bytes(model.SerializeToString())
+    contract = load_contract(path)
+    xs = inputs(contract, batch=5, steps=5)
+    want = run_steps(create_backend("onnxruntime", contract), contract, xs)
+    assert_same_run(run_steps(create_backend(backend, contract), contract, xs), want)
+
+
+# ------------------------------------------------------------------------- refusals
+def _write(tmp_path: Path, model: onnx.ModelProto) -> ModelContract:
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    return load_contract(path)
+
+
+@pytest.mark.parametrize("backend", INTERPRETERS)
+def test_unknown_operator_is_refused_at_creation(tmp_path: Path, backend: str) -> None:
+    nodes = [helper.make_node("Elu", ["x"], ["y"], name="the_elu"),
+             helper.make_node("Identity", ["h"], ["h_out"])]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", [_vi("x", ["batch", 3]), _vi("h", [1, "batch", 2])],
+                              [_vi("y", ["batch", 3]), _vi("h_out", [1, "batch", 2])])  # fmt: skip
+    contract = _write(tmp_path, helper.make_model(graph))
+    with pytest.raises(UnsupportedOperatorError, match=r"operator 'Elu' \(node 'the_elu'\)"):
+        create_backend(backend, contract)
+    create_backend("onnxruntime", contract)  # the model itself is fine
+
+
+@pytest.mark.parametrize("backend", INTERPRETERS)
+@pytest.mark.parametrize(
+    ("attribute", "value"),
+    [("direction", "reverse"), ("clip", 3.0), ("activations", ["Sigmoid", "Relu", "Tanh"])],
+)
+def test_unsupported_lstm_attributes_are_refused(
+    tmp_path: Path, backend: str, attribute: str, value: Any
+) -> None:
+    model = build_step_model(layers=1, hidden=4, features=3)
+    lstm = next(node for node in model.graph.node if node.op_type == "LSTM")
+    lstm.attribute.append(helper.make_attribute(attribute, value))
+    contract = _write(tmp_path, model)
+    with pytest.raises(UnsupportedOperatorError, match=rf"LSTM node '{lstm.name}'.*{attribute}"):
+        create_backend(backend, contract)
+
+
+def test_unknown_backend_name_is_refused(model_factory: Any) -> None:
+    contract = load_contract(model_factory(layers=1, hidden=4, features=3))
+    with pytest.raises(BackendError, match="Unknown backend 'nope'; choose one of"):
+        create_backend("nope", contract)
+
+
+def test_runtime_backends_do_not_import_torch(model_factory: Any) -> None:
+    path = model_factory(layers=1, hidden=4, features=3)
+    code = (
+        "import sys, numpy as np\n"
+        "import lstm_stream.backends.numpy, lstm_stream.backends.onnxruntime\n"
+        "import lstm_stream.contract\n"
+        "from lstm_stream.backends import create_backend\n"
+        f"c = lstm_stream.contract.load_contract({str(path)!r})\n"
+        "b = create_backend('numpy', c)\n"
+        "b.step(np.zeros((1, 3), np.float32), [np.zeros((1, 1, 4), np.float32)] * 2)\n"
+        "assert 'torch' not in sys.modules\n"
+        "assert 'onnx' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

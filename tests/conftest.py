@@ -1,0 +1,33 @@
+"""Shared fixtures: ONNX step models built by tools/make_model.py, written to real files."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "tools") not in sys.path:
+    sys.path.insert(0, str(REPO / "tools"))
+
+ModelFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def model_factory(tmp_path: Path) -> ModelFactory:
+    """``model_factory(**build_step_model_kwargs) -> path`` of the model written to tmp_path."""
+    from make_model import build_step_model
+
+    count = 0
+
+    def make(name: str | None = None, **kwargs: Any) -> Path:
+        nonlocal count
+        count += 1
+        path = tmp_path / (name or f"model_{count}.onnx")
+        path.write_bytes(build_step_model(**kwargs).SerializeToString())
+        return path
+
+    return make
