@@ -329,3 +329,27 @@ def test_serve_refuses_a_model_that_breaks_the_contract(tmp_path: Path) -> None:
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "broken.onnx" in done.stderr and "error" in done.stderr
+
+
+def test_a_gru_without_metadata_serves(stack: VehicleStack, tmp_path: Path) -> None:
+    """Any model that follows the contract serves, here a GRU with a single state."""
+    from make_model import build_step_model
+
+    model = build_step_model(cell="gru", layers=2, hidden=8, features=5, outputs=3, seed=4)
+    del model.metadata_props[:]
+    path = tmp_path / "gru.onnx"
+    path.write_bytes(model.SerializeToString())
+    contract = load_contract(path)
+    assert [s.input for s in contract.states] == ["h"] and contract.feature_names is None
+    ref = Reference(path)
+    rng = np.random.default_rng(7)
+    with serve_process(path, stack.sensors_endpoint) as served:
+        stack.wait_subscribed()
+        stack.connect_outputs(served.output, served.control)
+        xs = [rng.normal(size=5).astype(np.float32) for _ in range(10)]
+        for seq, x in enumerate(xs):
+            stack.send(encode_sensor(seq, x, stream="gru"))
+        outs = [o for _, o in stack.receive(10)]
+    np.testing.assert_allclose([o["y"] for o in outs], [ref.step("gru", x) for x in xs],
+                               atol=1e-5)
+    assert [o["step"] for o in outs] == list(range(1, 11))
