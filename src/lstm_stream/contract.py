@@ -235,16 +235,23 @@ def _expected_shape(rank: int) -> str:
     return "[batch, features]" if rank == 2 else "[layers, batch, hidden]"
 
 
-def _json_names(where: str, metadata: dict[str, str], key: str) -> tuple[str, ...] | None:
+def _json_meta(where: str, metadata: dict[str, str], key: str, expected: str) -> Any:
+    """The JSON value of metadata ``key``, or None when absent."""
     raw = metadata.get(key)
     if raw is None:
         return None
     try:
-        value = json.loads(raw)
+        return json.loads(raw)
     except json.JSONDecodeError as err:
         raise ModelContractError(
-            f"{where}: metadata {key!r} is not valid JSON ({err}); expected a list of names."
+            f"{where}: metadata {key!r} is not valid JSON ({err}); expected {expected}."
         ) from err
+
+
+def _json_names(where: str, metadata: dict[str, str], key: str) -> tuple[str, ...] | None:
+    value = _json_meta(where, metadata, key, "a list of names")
+    if value is None:
+        return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ModelContractError(f"{where}: metadata {key!r} must be a JSON list of strings.")
     if len(set(value)) != len(value):
@@ -253,14 +260,8 @@ def _json_names(where: str, metadata: dict[str, str], key: str) -> tuple[str, ..
 
 
 def _json_object(where: str, metadata: dict[str, str], key: str) -> dict[str, Any] | None:
-    raw = metadata.get(key)
-    if raw is None:
-        return None
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise ModelContractError(f"{where}: metadata {key!r} is not valid JSON ({err}).") from err
-    if not isinstance(value, dict):
+    value = _json_meta(where, metadata, key, "an object")
+    if value is not None and not isinstance(value, dict):
         raise ModelContractError(f"{where}: metadata {key!r} must be a JSON object.")
     return value
 
