@@ -7,6 +7,7 @@ LstmStreamError become one readable line on stderr and the exit code they carry.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -17,6 +18,11 @@ from lstm_stream import __version__
 from lstm_stream.errors import LstmStreamError
 
 log = logging.getLogger("lstm_stream.cli")
+
+# Modules that add subcommands with ``add_commands(subparsers)``. Each must import
+# nothing heavy at module level (torch, mcap, matplotlib are imported inside
+# handlers), so that `lstm-stream --help` works on an edge install.
+COMMAND_MODULES = ("lstm_stream.train.cli", "lstm_stream.logs.cli", "lstm_stream.bench.cli")
 
 SERVE_EPILOG = """\
 examples:
@@ -62,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_control(sub)
     _add_demo(sub)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name is not None and name.startswith(err.name):
+                continue  # that part of the product is not in this tree
+            raise
+        module.add_commands(sub)
     return parser
 
 
