@@ -14,7 +14,7 @@ from typing import TextIO
 
 
 class Progress:
-    """Interface: ``start`` a task of ``total`` units (or None if unknown), ``advance``, ``close``."""
+    """Interface: ``start`` a task of ``total`` units (None: unknown), ``advance``, ``close``."""
 
     def start(self, description: str, total: int | None = None) -> None:
         """Begin a new task; the previous one, if any, is finished."""
