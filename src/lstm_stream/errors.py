@@ -35,3 +35,19 @@ class BackendError(LstmStreamError):
 
 class UnsupportedOperatorError(BackendError):
     """The numpy or torch backend met an ONNX operator it does not implement."""
+
+
+class TrainingError(LstmStreamError):
+    """Training could not start or continue (bad data, bad checkpoint, ...)."""
+
+
+class ExportError(LstmStreamError):
+    """An ONNX export failed, or failed its own parity check and was not written."""
+
+
+class LogError(LstmStreamError):
+    """A recorded log could not be written, read or replayed."""
+
+
+class EvaluationError(LstmStreamError):
+    """Offline evaluation failed, or its outputs differ from the reference."""

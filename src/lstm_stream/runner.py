@@ -26,14 +26,8 @@ from lstm_stream import __version__
 from lstm_stream.backends import StepBackend, create_backend
 from lstm_stream.config import RunnerConfig
 from lstm_stream.contract import ModelContract, load_contract
-from lstm_stream.protocol import (
-    PROTOCOL_VERSION,
-    STEP_FAILED,
-    Rejection,
-    SensorDecoder,
-    encode_output,
-)
-from lstm_stream.state import StateStore
+from lstm_stream.protocol import PROTOCOL_VERSION, Rejection, encode_output
+from lstm_stream.stepper import StreamStepper
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +60,12 @@ class Runner:
         self.contract = contract or load_contract(config.model.path)
         self.backend = backend or create_backend(config.model.backend, self.contract,
                                                  threads=config.model.threads)
-        self.store = StateStore(self.contract.states, max_streams=config.state.max_streams,
-                                idle_timeout_s=config.state.idle_timeout_s,
-                                max_gap=config.state.max_gap)
-        self.decoder = SensorDecoder(self.contract.n_features, self.contract.feature_names,
-                                     config.input.max_message_bytes)
+        self.stepper = StreamStepper(self.contract, self.backend,
+                                     max_streams=config.state.max_streams,
+                                     idle_timeout_s=config.state.idle_timeout_s,
+                                     max_gap=config.state.max_gap,
+                                     max_message_bytes=config.input.max_message_bytes)
+        self.store = self.stepper.store
         self.counters = Counters()
         self.subscriptions: Counter[str] = Counter()
         self._latencies = np.zeros(LATENCY_WINDOW, np.int64)
@@ -154,7 +149,7 @@ class Runner:
         self._stop.set()
 
     def _drain_input(self) -> None:
-        sub, handle, clock = self.sub, self.handle, time.perf_counter_ns
+        sub, handle, clock = self.sub, self.handle, time.monotonic_ns
         for _ in range(MAX_BURST):
             if not cast(int, sub.get(zmq.EVENTS)) & zmq.POLLIN:
                 return
@@ -164,33 +159,21 @@ class Runner:
     # -- the hot path --------------------------------------------------------
 
     def handle(self, frames: list[bytes], t_recv_ns: int) -> None:
-        """Step one received message and publish its output (or its rejection)."""
+        """Step one message received at ``t_recv_ns`` (monotonic clock) and publish
+        its output, or its rejection on the diagnostics topic."""
         counters = self.counters
         counters.received += 1
-        msg = self.decoder.decode(frames)
-        if type(msg) is Rejection:
-            self._reject(msg)
+        result = self.stepper.step(frames, t_recv_ns)
+        if type(result) is Rejection:
+            self._reject(result)
             return
-        assert not isinstance(msg, Rejection)  # for mypy; free at run time
-        now = time.monotonic_ns()
-        admission = self.store.admit(msg, now)
-        if type(admission) is Rejection:
-            self._reject(admission)
-            return
-        assert not isinstance(admission, Rejection)
-        try:
-            y, new_states = self.backend.step(msg.x, admission.states)
-        except Exception as err:  # a backend failure must not kill the runner
-            self._reject(Rejection(STEP_FAILED, f"the backend failed: {err}"[:300],
-                                   msg.topic, msg.stream, msg.seq))
-            return
-        stream = self.store.commit(admission, msg, new_states, now)
-        if admission.reset is not None:
-            counters.resets[admission.reset] += 1
+        assert not isinstance(result, Rejection)  # for mypy; free at run time
+        if result.reset is not None:
+            counters.resets[result.reset] += 1
         counters.stepped += 1
-        latency = time.perf_counter_ns() - t_recv_ns
-        payload = encode_output(self._packer, msg, y[0].tolist(), stream.step,
-                                admission.reset, admission.gap, latency)
+        latency = time.monotonic_ns() - t_recv_ns
+        payload = encode_output(self._packer, result.msg, result.y[0].tolist(), result.step,
+                                result.reset, result.gap, latency)
         self.pub.send_multipart((self._out_topic, payload))
         counters.published += 1
         self._latencies[counters.stepped % LATENCY_WINDOW] = latency
