@@ -1,0 +1,127 @@
+"""Comparison servers, each a process with the runner's socket pattern (SUB in, PUB out).
+
+``echo`` is floor (a): receive, decode, encode, send, no model. ``naive-ort``
+and ``naive-torch`` are what a user would write instead of lstm-stream: a
+Python loop around a default ``InferenceSession`` (state fed back through a
+dict) or around ``torch.nn.LSTM`` keeping ``(h, c)`` per stream.
+
+Run as ``python -m lstm_stream.bench.servers --impl echo --model M --input EP
+--output EP``; the load generator in :mod:`.e2e` drives them all the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import numpy as np
+import zmq
+
+from lstm_stream.contract import load_contract
+
+Step = Callable[[str, np.ndarray], list[float]]
+
+
+def echo_step(n_outputs: int) -> Step:
+    zeros = [0.0] * n_outputs
+
+    def step(stream: str, x: np.ndarray) -> list[float]:
+        return zeros
+
+    return step
+
+
+def naive_ort_step(model: str) -> Step:
+    import onnxruntime as ort
+
+    contract = load_contract(model)
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    zero = {s.input: np.zeros((s.layers, 1, s.hidden), np.float32) for s in contract.states}
+    states: dict[str, dict[str, np.ndarray]] = {}
+
+    def step(stream: str, x: np.ndarray) -> list[float]:
+        state = states.setdefault(stream, dict(zero))
+        outs = sess.run(None, {"x": x.reshape(1, -1), **state})
+        for s, value in zip(contract.states, outs[1:], strict=True):
+            state[s.input] = value
+        y: list[float] = outs[0][0].tolist()
+        return y
+
+    return step
+
+
+def naive_torch_step(model: str) -> Step:
+    import torch
+
+    torch.set_num_threads(1)
+    contract = load_contract(model)
+    layers, hidden = contract.states[0].layers, contract.states[0].hidden
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(contract.n_features, hidden, num_layers=layers)
+    head = torch.nn.Linear(hidden, contract.n_outputs)
+    states: dict[str, Any] = {}
+
+    def step(stream: str, x: np.ndarray) -> list[float]:
+        with torch.inference_mode():
+            xt = torch.from_numpy(x.copy()).view(1, 1, -1)  # (T=1, B=1, F)
+            out, states[stream] = lstm(xt, states.get(stream))
+            y: list[float] = head(out[0])[0].tolist()
+        return y
+
+    return step
+
+
+def serve(step: Step, input_endpoint: str, output_endpoint: str, topic: bytes) -> None:
+    """The loop every comparison server runs until SIGTERM."""
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"sensors")
+    sub.setsockopt(zmq.RCVHWM, 10000)
+    sub.connect(input_endpoint)
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 10000)
+    pub.bind(output_endpoint)
+    running = [True]
+    signal.signal(signal.SIGTERM, lambda *_: running.__setitem__(0, False))
+    packer = msgpack.Packer(use_bin_type=True)
+    clock = __import__("time").monotonic_ns
+    while running[0]:
+        if not sub.poll(100):
+            continue
+        _, payload = sub.recv_multipart()
+        t0 = clock()
+        body = msgpack.unpackb(payload, raw=False)
+        x = np.frombuffer(body["x"], dtype="<f4")
+        stream = body.get("stream", "sensors")
+        y = step(stream, x)
+        out = {"stream": stream, "seq": body["seq"], "stamp_ns": body.get("stamp_ns"), "y": y,
+               "step": 0, "reset": None, "gap": 0, "latency_ns": clock() - t0}
+        pub.send_multipart((topic, packer.pack(out)))
+    sub.close(0)
+    pub.close(0)
+    ctx.term()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--impl", choices=["echo", "naive-ort", "naive-torch"], required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    args = p.parse_args(argv)
+    if args.impl == "echo":
+        step = echo_step(load_contract(args.model).n_outputs)
+    elif args.impl == "naive-ort":
+        step = naive_ort_step(args.model)
+    else:
+        step = naive_torch_step(args.model)
+    serve(step, args.input, args.output, b"policy")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
