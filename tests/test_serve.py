@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import signal
 import subprocess
+import time
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -353,3 +354,18 @@ def test_a_gru_without_metadata_serves(stack: VehicleStack, tmp_path: Path) -> N
     np.testing.assert_allclose([o["y"] for o in outs], [ref.step("gru", x) for x in xs],
                                atol=1e-5)
     assert [o["step"] for o in outs] == list(range(1, 11))
+
+
+@pytest.mark.parametrize("runner", [("--set", "input.busy_poll_us=20000")], indirect=True)
+def test_busy_polling_changes_timing_not_outputs(stack: VehicleStack, runner: Served) -> None:
+    rng = np.random.default_rng(8)
+    ref = Reference(MODEL)
+    xs = [features(rng) for _ in range(30)]
+    for seq, x in enumerate(xs):
+        stack.send(encode_sensor(seq, x, stream="spin"))
+        if seq == 15:
+            time.sleep(0.05)  # let the spin window run out: the loop must sleep and wake
+    outs = [o for _, o in stack.receive(30)]
+    np.testing.assert_allclose([o["y"] for o in outs], [ref.step("spin", x) for x in xs],
+                               atol=1e-5)
+    assert status(runner)["stepped"] == 30

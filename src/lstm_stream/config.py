@@ -49,9 +49,12 @@ class InputConfig:
     max_message_bytes: int = 65536  # larger payloads are rejected and counted
     zmq_max_message_bytes: int = 1048576  # ZMQ_MAXMSGSIZE: peer disconnected above this
     rcvhwm: int = 10000
+    busy_poll_us: int = 0  # keep polling this long after a message instead of sleeping
 
     def __post_init__(self) -> None:
         _check_endpoint("input.endpoint", self.endpoint)
+        _check(0 <= self.busy_poll_us <= 10_000_000, "input.busy_poll_us",
+               "between 0 and 10000000 microseconds", self.busy_poll_us)
         _check(len(self.topics) > 0, "input.topics", "at least one topic", self.topics)
         _check(256 <= self.max_message_bytes <= 1 << 30, "input.max_message_bytes",
                "between 256 and 2**30", self.max_message_bytes)

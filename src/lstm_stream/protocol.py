@@ -147,7 +147,7 @@ class SensorDecoder:
             if len(value) != self._x_bytes:
                 return (f"{WRONG_LENGTH}:'x' is {len(value)} bytes; the model takes {n} "
                         f"float32 features = {self._x_bytes} bytes")
-            x = np.frombuffer(value, dtype="<f4").reshape(1, n)
+            x = np.ndarray((1, n), "<f4", value)  # a read-only view, no copy
         elif kind is list:
             if len(value) != n:
                 return f"{WRONG_LENGTH}:'x' has {len(value)} values; the model takes {n}"

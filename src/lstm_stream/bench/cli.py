@@ -39,6 +39,9 @@ def add_commands(sub: Any) -> None:
                    help="pin the load generator (this process) to this CPU")
     p.add_argument("--rt-priority", type=int, metavar="N",
                    help="SCHED_FIFO priority for the server when permitted")
+    p.add_argument("--busy-poll", type=int, default=0, metavar="US",
+                   help="servers keep polling this long after a message instead of sleeping "
+                   "(the runner's input.busy_poll_us); applied to every server alike")
     p.add_argument("--json", metavar="PATH", help="write the report as JSON")
     p.add_argument("--plot", metavar="PATH", help="write latency CDFs as PNG")
     p.add_argument("--raw", metavar="PATH", help="write per-message latencies (.npz)")
@@ -66,7 +69,7 @@ def _bench(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         transports=("tcp", "ipc") if args.transport == "both" else (args.transport,),
         servers=servers, steps=args.steps, threads=args.threads, pin=args.pin,
-        pin_load=args.pin_load, rt_priority=args.rt_priority)
+        pin_load=args.pin_load, rt_priority=args.rt_priority, busy_poll_us=args.busy_poll)
     if args.quick:
         settings.duration_s, settings.steps, settings.warmup = 1.0, 1000, 200
         settings.closed_loop_count, settings.batches = 500, (1, 8)

@@ -64,15 +64,16 @@ class ServerProcess:
 @contextlib.contextmanager
 def server_process(kind: str, model: str, ends: Endpoints, *, threads: int = 1,
                    pin: int | None = None, rt_priority: int | None = None,
-                   extra: tuple[str, ...] = ()) -> Iterator[ServerProcess]:
+                   busy_poll_us: int = 0) -> Iterator[ServerProcess]:
     """Start ``serve`` (kind 'runner') or a comparison server, pinned and prioritised."""
     if kind == "runner":
         cmd = [sys.executable, "-m", "lstm_stream", "--log-level", "warning", "serve", model,
                "--input", ends.input, "--output", ends.output, "--control", ends.control,
-               "--threads", str(threads), *extra]
+               "--threads", str(threads), "--set", f"input.busy_poll_us={busy_poll_us}"]
     else:
         cmd = [sys.executable, "-m", "lstm_stream.bench.servers", "--impl", kind,
-               "--model", model, "--input", ends.input, "--output", ends.output]
+               "--model", model, "--input", ends.input, "--output", ends.output,
+               "--busy-poll-us", str(busy_poll_us)]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -283,7 +284,8 @@ class LoadGenerator:
 def measure(kind: str, model: str, n_features: int, *, rate_hz: float, duration_s: float,
             transport: str = "tcp", threads: int = 1, pin: int | None = None,
             pin_load: int | None = None, rt_priority: int | None = None,
-            warmup: int = 200, closed_loop_count: int = 2000) -> dict[str, Any]:
+            busy_poll_us: int = 0, warmup: int = 200,
+            closed_loop_count: int = 2000) -> dict[str, Any]:
     """One configuration: start the server, warm up, measure, record its usage."""
     ends = endpoints(transport)
     if pin_load is not None:
@@ -292,7 +294,7 @@ def measure(kind: str, model: str, n_features: int, *, rate_hz: float, duration_
     gen = LoadGenerator(ctx, ends, n_features)
     try:
         with server_process(kind, model, ends, threads=threads, pin=pin,
-                            rt_priority=rt_priority) as server:
+                            rt_priority=rt_priority, busy_poll_us=busy_poll_us) as server:
             gen.connect()
             gen.closed_loop(warmup)  # discarded
             before = process_usage(server.proc.pid)

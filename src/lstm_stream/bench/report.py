@@ -36,6 +36,7 @@ class BenchSettings:
     pin: int | None = None
     pin_load: int | None = None
     rt_priority: int | None = None
+    busy_poll_us: int = 0
     closed_loop_count: int = 5000
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -58,6 +59,7 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
                          duration_s=settings.duration_s, transport=transport,
                          threads=settings.threads, pin=settings.pin,
                          pin_load=settings.pin_load, rt_priority=settings.rt_priority,
+                         busy_poll_us=settings.busy_poll_us,
                          closed_loop_count=settings.closed_loop_count)
         raw[config_name(result)] = result.pop("_raw_latency_ns")
         e2e.append(result)
@@ -69,7 +71,8 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
             "rates_hz": list(settings.rates), "duration_s": settings.duration_s,
             "transports": list(settings.transports), "steps": settings.steps,
             "warmup": settings.warmup, "threads": settings.threads, "pin_runner": settings.pin,
-            "pin_load": settings.pin_load, "rt_priority": settings.rt_priority}),
+            "pin_load": settings.pin_load, "rt_priority": settings.rt_priority,
+            "busy_poll_us": settings.busy_poll_us}),
         "model": {"path": settings.model, "sha256": contract.sha256, "cell": contract.cell,
                   "layers": state.layers, "hidden": state.hidden,
                   "features": contract.n_features, "outputs": contract.n_outputs,
@@ -137,7 +140,8 @@ def render(report: dict[str, Any]) -> str:
         f"pyzmq {v['pyzmq']} (libzmq {v['libzmq']}), torch {v['torch']}",
         f"settings  threads {p['settings']['threads']}, pin runner "
         f"{p['settings']['pin_runner']}, pin load {p['settings']['pin_load']}, rt "
-        f"{p['settings']['rt_priority']}, warm-up discarded",
+        f"{p['settings']['rt_priority']}, busy poll {p['settings']['busy_poll_us']} us "
+        "(all servers), warm-up discarded",
         f"model     {m['path']}: {m['cell']} {m['layers']}x{m['hidden']}, {m['features']} "
         f"features -> {m['outputs']} outputs; sensor payload {m['sensor_payload_bytes']} B",
         "",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -75,8 +76,9 @@ def naive_torch_step(model: str) -> Step:
     return step
 
 
-def serve(step: Step, input_endpoint: str, output_endpoint: str, topic: bytes) -> None:
-    """The loop every comparison server runs until SIGTERM."""
+def serve(step: Step, input_endpoint: str, output_endpoint: str, topic: bytes,
+          busy_poll_us: int = 0) -> None:
+    """The loop every comparison server runs until SIGTERM (busy polling as the runner's)."""
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"sensors")
@@ -88,10 +90,14 @@ def serve(step: Step, input_endpoint: str, output_endpoint: str, topic: bytes) -
     running = [True]
     signal.signal(signal.SIGTERM, lambda *_: running.__setitem__(0, False))
     packer = msgpack.Packer(use_bin_type=True)
-    clock = __import__("time").monotonic_ns
+    clock = time.monotonic_ns
+    busy_ns, spin_until = busy_poll_us * 1000, 0
     while running[0]:
-        if not sub.poll(100):
+        spinning = busy_ns and clock() < spin_until
+        if not sub.poll(0 if spinning else 100):
             continue
+        if busy_ns:
+            spin_until = clock() + busy_ns
         _, payload = sub.recv_multipart()
         t0 = clock()
         body = msgpack.unpackb(payload, raw=False)
@@ -112,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True)
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
+    p.add_argument("--busy-poll-us", type=int, default=0)
     args = p.parse_args(argv)
     if args.impl == "echo":
         step = echo_step(load_contract(args.model).n_outputs)
@@ -119,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         step = naive_ort_step(args.model)
     else:
         step = naive_torch_step(args.model)
-    serve(step, args.input, args.output, b"policy")
+    serve(step, args.input, args.output, b"policy", args.busy_poll_us)
     return 0
 
 
