@@ -58,6 +58,7 @@ def test_bench_quick_writes_a_complete_report(tmp_path: Path) -> None:
     out, png, raw = tmp_path / "r.json", tmp_path / "r.png", tmp_path / "r.npz"
     cmd = [sys.executable, "-m", "lstm_stream", "bench", "--quick", "--rate", "500",
            "--rate", "0", "--duration", "0.5", "--servers", "echo,runner,naive-ort",
+           "--transport", "both",
            "--json", str(out), "--plot", str(png), "--raw", str(raw)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -75,9 +76,10 @@ def test_bench_quick_writes_a_complete_report(tmp_path: Path) -> None:
                  "naive: default InferenceSession loop"):
         for q in ("p50", "p90", "p99", "p99.9", "max"):
             assert report["step"][name][q] > 0, (name, q)
-    # end to end: 3 servers x 2 rates, nothing lost on loopback
-    assert {(r["server"], r["rate_hz"]) for r in report["e2e"]} == {
-        (s, r) for s in ("echo", "runner", "naive-ort") for r in (500.0, 0.0)}
+    # end to end: 3 servers x 2 rates x 2 transports
+    assert {(r["server"], r["rate_hz"], r["transport"]) for r in report["e2e"]} == {
+        (s, r, t) for s in ("echo", "runner", "naive-ort") for r in (500.0, 0.0)
+        for t in ("tcp", "ipc")}
     for run in report["e2e"]:
         assert run["received"] > 0 and run["sent"] >= run["received"]
         for key in ("latency_us", "in_server_us", "send_jitter_us", "server_cpu_percent",
@@ -87,7 +89,7 @@ def test_bench_quick_writes_a_complete_report(tmp_path: Path) -> None:
     runner = [r for r in report["e2e"] if r["server"] == "runner"]
     assert all(0 < r["startup_s"] < 30 for r in runner)
     # the verdict: ratios to the floors, computed per rate
-    assert len(report["verdict"]) == 2
+    assert len(report["verdict"]) == 4
     for row in report["verdict"]:
         assert row["p50_ratio"] == pytest.approx(row["p50_runner_us"] / row["p50_floors_us"],
                                                  rel=1e-2)
@@ -95,4 +97,4 @@ def test_bench_quick_writes_a_complete_report(tmp_path: Path) -> None:
     assert "runner vs floors" in done.stdout and "ratio" in done.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with np.load(raw, allow_pickle=False) as arrays:
-        assert len(arrays.files) == 6 and all(arrays[f].size > 0 for f in arrays.files)
+        assert len(arrays.files) == 12 and all(arrays[f].size > 0 for f in arrays.files)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,7 @@ class Endpoints:
     input: str
     output: str
     control: str
+    directory: str | None = None  # ipc: the temporary directory holding the sockets
 
 
 def endpoints(transport: str) -> Endpoints:
@@ -49,7 +51,7 @@ def endpoints(transport: str) -> Endpoints:
         return Endpoints(free_endpoint(), free_endpoint(), free_endpoint())
     if transport == "ipc":
         base = tempfile.mkdtemp(prefix="lstm-stream-bench-")
-        return Endpoints(f"ipc://{base}/in", f"ipc://{base}/out", f"ipc://{base}/ctl")
+        return Endpoints(f"ipc://{base}/in", f"ipc://{base}/out", f"ipc://{base}/ctl", base)
     raise LstmStreamError(f"Unknown transport {transport!r}; use tcp or ipc.")
 
 
@@ -306,6 +308,8 @@ def measure(kind: str, model: str, n_features: int, *, rate_hz: float, duration_
     finally:
         gen.close()
         ctx.destroy(0)
+        if ends.directory is not None:
+            shutil.rmtree(ends.directory, ignore_errors=True)
     out = result.summary()
     out.update({"server": kind, "transport": transport, "startup_s": server.startup_s,
                 "realtime": server.rt})
