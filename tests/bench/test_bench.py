@@ -73,7 +73,8 @@ def test_bench_quick_writes_a_complete_report(tmp_path: Path) -> None:
     assert report["model"]["features"] == 16 and report["model"]["sensor_payload_bytes"] > 64
     # step latency: every backend, the floor and the naive loop
     for name in ("onnxruntime batch 1", "numpy batch 1", "floor b: bare InferenceSession.run",
-                 "naive: default InferenceSession loop"):
+                 "naive: default InferenceSession loop",
+                 "runner in process: decode + state + step + encode"):
         for q in ("p50", "p90", "p99", "p99.9", "max"):
             assert report["step"][name][q] > 0, (name, q)
     # end to end: 3 servers x 2 rates x 2 transports
@@ -93,8 +94,8 @@ def test_bench_quick_writes_a_complete_report(tmp_path: Path) -> None:
     for row in report["verdict"]:
         assert row["p50_ratio"] == pytest.approx(row["p50_runner_us"] / row["p50_floors_us"],
                                                  rel=1e-2)
-        assert "overhead_p50_us" in row and "p99_ratio" in row
-    assert "runner vs floors" in done.stdout and "ratio" in done.stdout
+        assert "overhead_p50_us" in row and "p99_ratio" in row and "in_server_p50_us" in row
+    assert "runner vs floors" in done.stdout and "runner overhead in process" in done.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with np.load(raw, allow_pickle=False) as arrays:
         assert len(arrays.files) == 12 and all(arrays[f].size > 0 for f in arrays.files)

@@ -17,6 +17,9 @@ from lstm_stream.backends.onnxruntime import session_options
 from lstm_stream.bench.stats import summarize_ns
 from lstm_stream.contract import ModelContract
 from lstm_stream.errors import BackendError
+from lstm_stream.protocol import Rejection
+
+RUNNER_PATH = "runner in process: decode + state + step + encode"
 
 
 def time_calls(call: Callable[[], object], steps: int, warmup: int) -> np.ndarray:
@@ -68,6 +71,40 @@ def bare_run(contract: ModelContract, steps: int, warmup: int, threads: int = 1)
         result = sess.run(outs, feeds)
         for name, value in zip(names, result[1:], strict=True):
             feeds[name] = value
+
+    return time_calls(call, steps, warmup)
+
+
+def runner_path(contract: ModelContract, steps: int, warmup: int,
+                threads: int = 1) -> np.ndarray:
+    """The runner's own per-message work in process: decode, state, step, encode.
+
+    Exactly what ``Runner.handle`` does between receive and send, on pre-encoded
+    wire messages of one stream, so that its difference to :func:`bare_run` is
+    the runner's overhead measured under the same conditions as the floor.
+    """
+    import msgpack
+
+    from lstm_stream.protocol import encode_output, encode_sensor
+    from lstm_stream.stepper import StreamStepper
+
+    backend = create_backend("onnxruntime", contract, threads=threads)
+    stepper = StreamStepper(contract, backend, max_streams=16, idle_timeout_s=1e6)
+    packer = msgpack.Packer(use_bin_type=True)
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(64, contract.n_features)).astype(np.float32)
+    total = steps + warmup
+    frames = [[b"sensors", encode_sensor(k, xs[k % 64], stream="bench", stamp_ns=k)]
+              for k in range(total)]
+    counter = [0]
+
+    def call() -> None:
+        k = counter[0]
+        counter[0] = k + 1
+        result = stepper.step(frames[k], k)
+        assert not isinstance(result, Rejection), result
+        encode_output(packer, result.msg, result.y[0].tolist(), result.step, result.reset,
+                      result.gap, 0)
 
     return time_calls(call, steps, warmup)
 
@@ -127,6 +164,7 @@ def step_suite(contract: ModelContract, *, steps: int, warmup: int, batches: tup
             results[f"{name} batch {batch}"] = summarize_ns(samples)
     results["floor b: bare InferenceSession.run"] = summarize_ns(
         bare_run(contract, steps, warmup, threads))
+    results[RUNNER_PATH] = summarize_ns(runner_path(contract, steps, warmup, threads))
     results["naive: default InferenceSession loop"] = summarize_ns(
         naive_ort(contract, steps, warmup))
     if with_torch and _has_torch():
