@@ -90,8 +90,11 @@ def test_control_command_without_a_runner_times_out_clearly() -> None:
 
 
 @pytest.mark.slow
-def test_demo_runs_and_outputs_match_the_reference() -> None:
-    done = cli("demo", "--steps", "60", "--rate", "200")
+def test_demo_runs_and_outputs_match_the_reference(tmp_path: Path) -> None:
+    plot = tmp_path / "demo.png"
+    done = cli("demo", "--rate", "0", "--plot", str(plot))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "demo: OK" in done.stdout
-    assert "sent 180, outputs 180, stepped 180, rejected 0" in done.stdout
+    assert "sent 600, outputs 600, stepped 600, rejected 0" in done.stdout
+    assert "served (state carried) MAE" in done.stdout and "round trip  p50" in done.stdout
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

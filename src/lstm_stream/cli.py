@@ -22,7 +22,8 @@ log = logging.getLogger("lstm_stream.cli")
 # Modules that add subcommands with ``add_commands(subparsers)``. Each must import
 # nothing heavy at module level (torch, mcap, matplotlib are imported inside
 # handlers), so that `lstm-stream --help` works on an edge install.
-COMMAND_MODULES = ("lstm_stream.train.cli", "lstm_stream.logs.cli", "lstm_stream.bench.cli")
+COMMAND_MODULES = ("lstm_stream.train.cli", "lstm_stream.logs.cli", "lstm_stream.bench.cli",
+                   "lstm_stream.security.cli")
 
 SERVE_EPILOG = """\
 examples:
@@ -165,51 +166,68 @@ def _control(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub: Any) -> None:
-    p = sub.add_parser("demo", help="run the runner end to end on this machine (no set-up)",
-                       description="Start `lstm-stream serve` with the shipped model on free "
-                       "loopback ports, publish synthetic sensor streams into it, check every "
-                       "output against the numpy backend offline and report latency.")
-    p.add_argument("--model", default="models/random_lstm.onnx", help="ONNX step model "
-                   "(default: models/random_lstm.onnx)")
-    p.add_argument("--streams", type=int, default=3, help="parallel streams (default 3)")
-    p.add_argument("--steps", type=int, default=300, help="messages per stream (default 300)")
-    p.add_argument("--rate", type=float, default=100.0, help="messages per second per stream "
-                   "(default 100)")
+    p = sub.add_parser("demo", help="a recorded drive steered by the shipped policy (no set-up)",
+                       description="Start `lstm-stream serve` with the shipped lane-keeping "
+                       "model on free loopback ports, replay the recorded drive shipped with "
+                       "the package into it over ZeroMQ, and show the served steering against "
+                       "the expert's, the model with its state reset every message, parity "
+                       "with the numpy backend, and latency (docs/driving.md).")
+    p.add_argument("--model", help="ONNX step model (default: models/lane_keep_lstm.onnx)")
+    p.add_argument("--drive", metavar="PATH", help="drive file (default: the shipped "
+                   "lstm_stream/data/lane_keep_drive.msgpack)")
+    p.add_argument("--rate", type=float, default=5.0, help="replay speed, x the drive's own "
+                   "(default 5; 0: as fast as possible)")
+    p.add_argument("--plot", metavar="PNG", help="write steering over time to this PNG "
+                   "(needs matplotlib)")
     p.set_defaults(handler=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from lstm_stream.demo import DemoReport, run_demo
+    from lstm_stream.demo import DemoReport, DemoTick, default_model, run_demo, write_demo_plot
 
-    if args.streams < 1 or args.steps < 1 or args.rate <= 0:
-        print("lstm-stream demo: error: --streams, --steps and --rate must be positive",
-              file=sys.stderr)
+    if args.rate < 0:
+        print("lstm-stream demo: error: --rate must be 0 (as fast as possible) or positive; "
+              f"got {args.rate:g}", file=sys.stderr)
         return 2
     live = sys.stdout.isatty()
+    last = [0.0]
 
-    def progress(report: DemoReport) -> None:
-        rt = report.percentiles(report.round_trip_us[-200:])
-        line = (f"sent {report.sent:6d}  received {report.received:6d}  round trip p50 "
-                f"{rt.get('p50', 0):7.1f} us  max |served - reference| "
-                f"{report.max_abs_error:.2e}")
+    def progress(report: DemoReport, tick: DemoTick) -> None:
+        if tick.t_s - last[0] < 2.0 and tick.seq != 0:
+            return  # a line per two seconds of drive
+        last[0] = tick.t_s
+        rt = report.percentiles([t.round_trip_us for t in report.ticks[-50:]])
+        line = (f"t {tick.t_s:5.1f} s  {tick.stream:>8} seq {tick.seq:3d}  steer: served "
+                f"{tick.served:+.3f}  expert {tick.expert:+.3f}  reset-each {tick.reset_each:+.3f}"
+                f" rad  round trip p50 {rt.get('p50', 0):6.0f} us")
         print("\r" + line if live else line, end="" if live else "\n", flush=True)
 
-    print(f"demo: serving {args.model} to {args.streams} streams at {args.rate:g} Hz "
-          f"for {args.steps} steps each")
-    report = run_demo(args.model, streams=args.streams, steps=args.steps, rate_hz=args.rate,
-                      progress=progress)
+    model = args.model or str(default_model())
+    print(f"demo: serving {model}; replaying the recorded drive at {args.rate:g}x")
+    report = run_demo(model, args.drive, rate=args.rate, progress=progress)
     if live:
         print()
-    rt, inside = report.percentiles(report.round_trip_us), report.percentiles(report.runner_us)
     st = report.status
     print(f"messages    sent {report.sent}, outputs {report.received}, stepped "
-          f"{st.get('stepped')}, rejected {sum(st.get('rejected', {}).values())}")
+          f"{st.get('stepped')}, rejected {sum(st.get('rejected', {}).values())}, "
+          f"in {report.wall_s:.1f} s")
     print(f"state       {st.get('streams')} streams, resets {st.get('resets')}")
-    print(f"parity      max |served - numpy reference| = {report.max_abs_error:.2e} "
+    print("steering vs the expert's recorded command (rad):")
+    for stream in [*report.streams(), None]:
+        e = report.errors(stream)
+        print(f"  {stream or 'all':>10}  served (state carried) MAE {e['served_mae']:.4f} max "
+              f"{e['served_max']:.3f}   state reset every message MAE {e['reset_mae']:.4f} max "
+              f"{e['reset_max']:.3f}")
+    print(f"parity      max |served - numpy reference| = {report.max_parity_error:.2e} "
           "(state carried across messages)")
+    rt = report.percentiles([t.round_trip_us for t in report.ticks])
+    inside = report.percentiles([t.runner_us for t in report.ticks])
     print("round trip  " + _fmt_us(rt) + "  (vehicle stack -> runner -> vehicle stack)")
     print("in runner   " + _fmt_us(inside) + "  (receive -> publish, latency_ns)")
-    ok = report.received == report.sent and report.max_abs_error <= 1e-4
+    if args.plot:
+        write_demo_plot(args.plot, report)
+        print(f"plot        {args.plot}")
+    ok = report.received == report.sent and report.max_parity_error <= 1e-4
     print("demo: OK" if ok else "demo: FAILED (lost outputs or outputs differ)")
     return 0 if ok else 1
 
