@@ -42,6 +42,10 @@ def test_comma_separated_list_override() -> None:
     ("nosuch.x=1", r"unknown option 'nosuch'"),
     ("model=1", r"'model' must be a table"),
     ("noequals", r"not of the form section.field=value"),
+    ("state.snapshot_interval_s=0", r"'state.snapshot_interval_s' must be between 0.01 and "
+                                    r"86400 seconds; got 0.0"),
+    ("control.allow_insecure_remote=\"yes\"",
+     r"'control.allow_insecure_remote' must be true or false"),
 ])
 def test_bad_values_name_the_field_and_the_rule(override: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

@@ -7,12 +7,15 @@ Python vehicle stacks.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import zmq
 
 from lstm_stream.errors import LstmStreamError
+
+if TYPE_CHECKING:
+    from lstm_stream.security.curve import ClientKeys
 
 
 class ControlError(LstmStreamError):
@@ -20,15 +23,25 @@ class ControlError(LstmStreamError):
 
 
 def control_request(endpoint: str, request: dict[str, Any], *, timeout_s: float = 2.0,
-                    context: zmq.Context[Any] | None = None) -> dict[str, Any]:
+                    context: zmq.Context[Any] | None = None,
+                    curve: ClientKeys | None = None) -> dict[str, Any]:
     """Send one request to a runner's control socket and return its reply map.
 
-    Raises ControlError when no reply comes within ``timeout_s``. An error reply
-    (``ok: false``) is returned as it is, for the caller to show.
+    Raises ControlError when no reply comes within ``timeout_s`` (which is also
+    what a runner with CURVE does to a client whose key it does not allow). An
+    error reply (``ok: false``) is returned as it is, for the caller to show.
+    ``curve``: this client's keys for a runner with CURVE; when None, the key
+    files named by LSTM_STREAM_CLIENT_KEY and LSTM_STREAM_SERVER_KEY are used if
+    set (docs/security.md).
     """
+    from lstm_stream.security.curve import ClientKeys
+
+    keys = curve if curve is not None else ClientKeys.from_env()
     ctx = context or zmq.Context.instance()
     with ctx.socket(zmq.REQ) as sock:
         sock.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            keys.secure(sock)
         sock.connect(endpoint)
         sock.send(msgpack.packb(request, use_bin_type=True))
         if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):
@@ -47,20 +60,30 @@ class VehicleStack:
     Publishes sensor messages on a bound XPUB socket (so it can see the runner
     subscribe instead of guessing with a sleep: the ZeroMQ slow-joiner problem)
     and receives the runner's outputs and diagnostics on a SUB socket.
+    ``curve``: this stack's keys, for a runner with ``security.secure_data``.
     """
 
     def __init__(self, context: zmq.Context[Any] | None = None,
-                 sensors_endpoint: str = "tcp://127.0.0.1:*") -> None:
+                 sensors_endpoint: str = "tcp://127.0.0.1:*", *,
+                 curve: ClientKeys | None = None, sndhwm: int = 0) -> None:
         self.context = context or zmq.Context.instance()
+        self.curve = curve
         self.pub = self.context.socket(zmq.XPUB)
         self.pub.setsockopt(zmq.LINGER, 0)
-        self.pub.setsockopt(zmq.SNDHWM, 0)
+        self.pub.setsockopt(zmq.SNDHWM, sndhwm)
+        # Pass on every subscription, also a duplicate: a runner restarting before the
+        # old connection is torn down must still be seen subscribing (wait_subscribed).
+        self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        if curve is not None:
+            curve.secure(self.pub)
         self.pub.bind(sensors_endpoint)
         self.sensors_endpoint: str = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.sub = self.context.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, 0)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        if curve is not None:
+            curve.secure(self.sub)
         self.control_endpoint: str | None = None
 
     def wait_subscribed(self, topic: bytes = b"sensors", timeout_s: float = 10.0) -> None:
@@ -80,7 +103,8 @@ class VehicleStack:
         self.control_endpoint = control_endpoint
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            reply = control_request(control_endpoint, {"cmd": "status"}, context=self.context)
+            reply = control_request(control_endpoint, {"cmd": "status"}, context=self.context,
+                                    curve=self.curve)
             if reply.get("subscriptions"):
                 return
             time.sleep(0.02)

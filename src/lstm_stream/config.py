@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 from lstm_stream.errors import ConfigError
 
 _ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
+_LOOPBACK_HOSTS = ("localhost", "::1", "[::1]", "lo")
+_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass
@@ -29,6 +31,7 @@ class ModelConfig:
     path: str = "models/random_lstm.onnx"
     backend: str = "onnxruntime"  # onnxruntime | numpy | torch
     threads: int = 1  # intra-op threads; 1 is fastest for small models
+    sha256: str = ""  # pin: refuse to start when the model file's SHA-256 differs; "" = no pin
 
     def __post_init__(self) -> None:
         from lstm_stream.backends import BACKENDS  # local: backends import contract
@@ -37,6 +40,9 @@ class ModelConfig:
                self.backend)
         _check(1 <= self.threads <= 256, "model.threads", "between 1 and 256", self.threads)
         _check(bool(self.path), "model.path", "a path to an .onnx file", self.path)
+        _check(self.sha256 == "" or (len(self.sha256) == 64 and set(self.sha256) <= _HEX),
+               "model.sha256", "64 lowercase hex digits (see `lstm-stream info MODEL`) or "
+               "empty for no pin", self.sha256)
 
 
 @dataclass
@@ -89,6 +95,9 @@ class ControlConfig:
 
     endpoint: str = "tcp://127.0.0.1:5557"
     bind: bool = True
+    # Without CURVE keys the control socket must be on loopback (or ipc/inproc): anyone
+    # who can reach it can read and reset state. true lifts that rule (docs/security.md).
+    allow_insecure_remote: bool = False
 
     def __post_init__(self) -> None:
         _check_endpoint("control.endpoint", self.endpoint)
@@ -101,6 +110,8 @@ class StateConfig:
     max_streams: int = 1024  # least recently used stream evicted beyond this
     idle_timeout_s: float = 5.0  # a stream silent for longer is reset (and forgotten)
     max_gap: int = 0  # reset when more than this many seq are missed; 0 = never, only report
+    snapshot_path: str = ""  # state snapshot file, restored at start; "" = no snapshots
+    snapshot_interval_s: float = 1.0  # periodic snapshots; also written on SIGTERM/SIGINT
 
     def __post_init__(self) -> None:
         _check(1 <= self.max_streams <= 1_000_000, "state.max_streams",
@@ -108,6 +119,28 @@ class StateConfig:
         _check(self.idle_timeout_s > 0, "state.idle_timeout_s", "> 0 seconds",
                self.idle_timeout_s)
         _check(self.max_gap >= 0, "state.max_gap", ">= 0 (0 disables gap resets)", self.max_gap)
+        _check(0.01 <= self.snapshot_interval_s <= 86400, "state.snapshot_interval_s",
+               "between 0.01 and 86400 seconds", self.snapshot_interval_s)
+
+
+@dataclass
+class SecurityConfig:
+    """ZeroMQ CURVE: encryption and an allow-list of client keys (docs/security.md)."""
+
+    server_key: str = ""  # the runner's secret key file (lstm-stream keys generate); "" = off
+    authorized_keys: str = ""  # directory of allowed clients' public keys (*.key)
+    secure_data: bool = False  # also require CURVE on the input and output sockets
+
+    def __post_init__(self) -> None:
+        _check(bool(self.server_key) == bool(self.authorized_keys), "security.authorized_keys",
+               "set together with security.server_key (both or neither)",
+               {"server_key": self.server_key, "authorized_keys": self.authorized_keys})
+        _check(not self.secure_data or bool(self.server_key), "security.secure_data",
+               "false unless security.server_key is set", self.secure_data)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.server_key)
 
 
 @dataclass
@@ -119,6 +152,7 @@ class RunnerConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     def __post_init__(self) -> None:
         endpoints = [self.input.endpoint, self.output.endpoint, self.control.endpoint]
@@ -126,6 +160,12 @@ class RunnerConfig:
                                                self.control.bind], strict=True) if b]
         _check(len(set(bound)) == len(bound), "endpoints",
                "distinct endpoints for the sockets that bind", bound)
+        _check(self.security.enabled or self.control.allow_insecure_remote
+               or is_loopback(self.control.endpoint), "control.endpoint",
+               "on loopback (127.0.0.1, ::1, ipc://, inproc://) when no CURVE keys are set: "
+               "anyone who reaches it can read and reset state. Set security.server_key and "
+               "security.authorized_keys (docs/security.md), or control.allow_insecure_remote"
+               " = true to accept that risk", self.control.endpoint)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -238,6 +278,15 @@ def _coerce(name: str, hint: Any, value: Any, where: str) -> Any:
 def _check(ok: bool, name: str, rule: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{name!r} must be {rule}; got {value!r}.")
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether a ZeroMQ endpoint can only be reached from this machine."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    host = endpoint.removeprefix("tcp://").rpartition(":")[0]
+    host = host.rpartition(";")[2]  # "tcp://src;dst:port" connects from src to dst
+    return host.startswith("127.") or host in _LOOPBACK_HOSTS
 
 
 def _check_endpoint(name: str, value: str) -> None:

@@ -51,3 +51,15 @@ class LogError(LstmStreamError):
 
 class EvaluationError(LstmStreamError):
     """Offline evaluation failed, or its outputs differ from the reference."""
+
+
+class ModelIntegrityError(LstmStreamError):
+    """A model file's SHA-256 differs from the one pinned in the configuration."""
+
+
+class SnapshotError(LstmStreamError):
+    """A state snapshot could not be written or read (the runner starts clean instead)."""
+
+
+class SecurityError(LstmStreamError):
+    """CURVE keys are missing, unreadable or malformed."""

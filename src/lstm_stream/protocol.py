@@ -191,6 +191,41 @@ class SensorDecoder:
         return out
 
 
+CONTROL_COMMANDS = ("status", "streams", "reset")
+
+
+@dataclass(slots=True, frozen=True)
+class ControlRequest:
+    """A decoded control request: ``cmd`` and, for ``reset``, one stream or all (None)."""
+
+    cmd: str
+    stream: str | None = None
+
+
+def decode_control_request(raw: bytes) -> ControlRequest | str:
+    """Parse one control request; returns the error message for a malformed one.
+
+    Never raises. ``{"cmd": "reset"}`` without a ``stream`` key resets every
+    stream; an explicit nil ``stream`` is an error, not "all".
+    """
+    try:
+        body = msgpack.unpackb(raw, raw=False)
+    except Exception as err:  # msgpack raises many types for bad bytes
+        return (f"request is not msgpack ({type(err).__name__}); send a map such as "
+                '{"cmd": "status"}')
+    if type(body) is not dict or type(body.get("cmd")) is not str:
+        return "request must be a map with a string 'cmd': status, streams or reset"
+    cmd: str = body["cmd"]
+    if cmd not in CONTROL_COMMANDS:
+        return f"unknown cmd {cmd[:64]!r}; known: status, streams, reset"
+    if cmd != "reset" or "stream" not in body:
+        return ControlRequest(cmd)
+    stream = body["stream"]
+    if type(stream) is not str:
+        return "'stream' must be a string, or absent to reset every stream"
+    return ControlRequest(cmd, stream)
+
+
 def _kind(value: Any) -> str:
     """A short, safe description of a value's type for an error message."""
     name = type(value).__name__

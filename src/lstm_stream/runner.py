@@ -4,11 +4,19 @@ The path of one sensor message (the hot path) is :meth:`Runner.handle`:
 decode and validate -> admit against the stream's state -> one backend step ->
 commit the new state -> encode and publish. Nothing on it logs, reads config or
 allocates state arrays. Everything else (control requests, subscription
-tracking, idle expiry) runs between messages.
+tracking, idle expiry, state snapshots) runs between messages.
+
+Reliability and security live around that path, never on it: the model's
+SHA-256 is checked against ``model.sha256`` before anything is loaded into
+onnxruntime, state is restored from ``state.snapshot_path`` at start and
+snapshotted periodically and on SIGTERM/SIGINT (snapshot.py), and with
+``security.server_key`` the control socket (and, with ``security.secure_data``,
+the data sockets) accept only CURVE clients on the allow-list (security/).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -21,12 +29,22 @@ from typing import Any, cast
 import msgpack
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from lstm_stream import __version__
 from lstm_stream.backends import StepBackend, create_backend
 from lstm_stream.config import RunnerConfig
 from lstm_stream.contract import ModelContract, load_contract
-from lstm_stream.protocol import PROTOCOL_VERSION, Rejection, encode_output
+from lstm_stream.errors import ModelIntegrityError
+from lstm_stream.protocol import (
+    PROTOCOL_VERSION,
+    ControlRequest,
+    Rejection,
+    decode_control_request,
+    encode_output,
+)
+from lstm_stream.security.curve import ServerKeys, load_server_keys
+from lstm_stream.snapshot import RestoreResult, SnapshotWriter, encode_snapshot, restore
 from lstm_stream.stepper import StreamStepper
 
 log = logging.getLogger(__name__)
@@ -35,6 +53,10 @@ LATENCY_WINDOW = 4096  # latencies kept for the status percentiles
 HOUSEKEEPING_S = 0.1  # idle expiry and signal checks at least this often
 MAX_BURST = 256  # messages handled before control requests get a turn
 MAX_CONTROL_BYTES = 65536
+# libzmq does not reconnect a connecting socket after a protocol error, such as a
+# message above ZMQ_MAXMSGSIZE: when a disconnect is not followed by a reconnect
+# attempt within this time, the runner connects again itself.
+RECONNECT_CHECK_NS = 250_000_000
 
 
 @dataclass
@@ -48,6 +70,7 @@ class Counters:
     resets: Counter[str] = field(default_factory=Counter)
     control_requests: int = 0
     control_errors: int = 0
+    input_reconnects: int = 0  # input connections dropped by ZeroMQ and made again
 
 
 class Runner:
@@ -58,6 +81,7 @@ class Runner:
                  backend: StepBackend | None = None) -> None:
         self.config = config
         self.contract = contract or load_contract(config.model.path)
+        check_model_pin(self.contract, config.model.sha256)
         self.backend = backend or create_backend(config.model.backend, self.contract,
                                                  threads=config.model.threads)
         self.stepper = StreamStepper(self.contract, self.backend,
@@ -74,8 +98,28 @@ class Runner:
         self._diag_topic = config.output.diagnostics_topic.encode()
         self._stop = threading.Event()
         self._started = time.monotonic()
+        self._control_resets = 0
+        self.restored = RestoreResult()
+        self.snapshots: SnapshotWriter | None = None
+        self._snapshot_mark: tuple[int, ...] | None = None
+        if config.state.snapshot_path:
+            self.restored = restore(self.store, config.state.snapshot_path,
+                                    self.contract.sha256)
+            log.info("state: %s", self.restored.note)
+            self.snapshots = SnapshotWriter(config.state.snapshot_path)
+            self._snapshot_mark = self._change_mark()
+        self.keys: ServerKeys | None = None
+        if config.security.enabled:
+            self.keys = load_server_keys(config.security.server_key,
+                                         config.security.authorized_keys)
         self._own_context = context is None
         self.context = context or zmq.Context()
+        self._auth = None
+        if self.keys is not None:
+            self._auth = self.keys.start_authenticator(self.context)
+            log.info("CURVE: control%s accept %d allow-listed client keys from %s",
+                     " and data sockets" if config.security.secure_data else " socket",
+                     self.keys.authorized, self.keys.authorized_dir)
         self._open_sockets()
 
     # -- sockets -------------------------------------------------------------
@@ -95,6 +139,16 @@ class Runner:
         self.control = self.context.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.LINGER, 0)
         self.control.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
+        if self.keys is not None:
+            self.keys.secure(self.control)
+            if cfg.security.secure_data:
+                self.keys.secure(self.sub)
+                self.keys.secure(self.pub)
+        self.monitor: zmq.Socket[Any] | None = None
+        self._reconnect_due: int | None = None
+        if not cfg.input.bind:
+            self.monitor = self.sub.get_monitor_socket(
+                zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED)
         try:
             _attach(self.sub, cfg.input.endpoint, cfg.input.bind, "input")
             _attach(self.pub, cfg.output.endpoint, cfg.output.bind, "output")
@@ -104,8 +158,17 @@ class Runner:
             raise
 
     def close(self) -> None:
+        if self.monitor is not None:
+            self.sub.disable_monitor()
+            self.monitor.close(linger=0)
+            self.monitor = None
         for sock in (self.sub, self.pub, self.control):
             sock.close(linger=0)
+        if self.snapshots is not None:
+            self.snapshots.close()
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
         if self._own_context:
             self.context.term()
 
@@ -124,6 +187,8 @@ class Runner:
         poller.register(self.sub, zmq.POLLIN)
         poller.register(self.control, zmq.POLLIN)
         poller.register(self.pub, zmq.POLLIN)
+        if self.monitor is not None:
+            poller.register(self.monitor, zmq.POLLIN)
         timeout_ms = int(HOUSEKEEPING_S * 1000)
         next_housekeeping = time.monotonic_ns()
         # Busy polling: after a message, keep polling without sleeping for this long.
@@ -132,6 +197,8 @@ class Runner:
         # of that core.
         busy_ns = self.config.input.busy_poll_us * 1000
         spin_until = 0
+        snapshot_every_ns = int(self.config.state.snapshot_interval_s * 1e9)
+        next_snapshot = time.monotonic_ns() + snapshot_every_ns
         log.info("ready: input %s, output %s, control %s, model %s (%s)",
                  self.config.input.endpoint, self.config.output.endpoint,
                  self.config.control.endpoint, self.contract.path, self.backend.name)
@@ -146,10 +213,19 @@ class Runner:
                 self._serve_control()
             if self.pub in events:
                 self._read_subscriptions()
+            if self.monitor is not None and self.monitor in events:
+                self._read_input_events()
             now = time.monotonic_ns()
+            if self._reconnect_due is not None and now >= self._reconnect_due:
+                self._reconnect_input()
             if now >= next_housekeeping:
                 self._housekeeping(now)
                 next_housekeeping = now + int(HOUSEKEEPING_S * 1e9)
+            if self.snapshots is not None and now >= next_snapshot:
+                self.snapshot()
+                next_snapshot = now + snapshot_every_ns
+        if self.snapshots is not None:
+            self.snapshot(final=True)
         log.info("stopping: %d received, %d stepped, %d rejected",
                  self.counters.received, self.counters.stepped,
                  sum(self.counters.rejected.values()))
@@ -202,6 +278,54 @@ class Runner:
                 "event": "stream_expired", "stream": stream.name, "last_seq": stream.last_seq,
                 "idle_s": round((now_ns - stream.last_seen_ns) / 1e9, 3)})
 
+    def _change_mark(self) -> tuple[int, ...]:
+        """Changes whenever the state store may have changed (cheap; between messages)."""
+        return (self.counters.stepped, self.store.expired, self.store.evicted,
+                self._control_resets, len(self.store))
+
+    def snapshot(self, final: bool = False) -> bool:
+        """Snapshot every stream's state; returns whether one was taken.
+
+        Periodic snapshots are skipped when nothing changed (the file on disk is
+        still exact) and are written by a background thread; the final one (on
+        stop) is written before this returns.
+        """
+        if self.snapshots is None:
+            return False
+        mark = self._change_mark()
+        if not final and mark == self._snapshot_mark:
+            return False
+        body = encode_snapshot(self.store, self.contract.sha256, time.monotonic_ns())
+        self._snapshot_mark = mark
+        if final:
+            self.snapshots.write_now(body)
+            log.info("state: snapshot of %d streams written to %s", len(self.store),
+                     self.snapshots.path)
+        else:
+            self.snapshots.submit(body)
+        return True
+
+    def _read_input_events(self) -> None:
+        assert self.monitor is not None
+        while cast(int, self.monitor.get(zmq.EVENTS)) & zmq.POLLIN:
+            event = recv_monitor_message(self.monitor)["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                self._reconnect_due = time.monotonic_ns() + RECONNECT_CHECK_NS
+            else:  # libzmq is reconnecting (or has) by itself
+                self._reconnect_due = None
+
+    def _reconnect_input(self) -> None:
+        self._reconnect_due = None
+        self.counters.input_reconnects += 1
+        log.warning("input: ZeroMQ dropped the connection to %s and will not reconnect (a "
+                    "message larger than input.zmq_max_message_bytes?); connecting again",
+                    self.config.input.endpoint)
+        # A plain connect to an endpoint already known is ignored: forget it first
+        # (its session is gone, nothing queued is lost), then connect afresh.
+        with contextlib.suppress(zmq.ZMQError):
+            self.sub.disconnect(self.config.input.endpoint)
+        self.sub.connect(self.config.input.endpoint)
+
     def _read_subscriptions(self) -> None:
         while cast(int, self.pub.get(zmq.EVENTS)) & zmq.POLLIN:
             frame = self.pub.recv()
@@ -226,28 +350,20 @@ class Runner:
 
     def control_reply(self, request: bytes) -> dict[str, Any]:
         """Answer one control request; unknown or malformed ones get an error reply."""
-        try:
-            body = msgpack.unpackb(request, raw=False)
-        except Exception as err:
-            return _error(f"request is not msgpack ({type(err).__name__}); send a map such "
-                          "as {\"cmd\": \"status\"}")
-        if not isinstance(body, dict) or not isinstance(body.get("cmd"), str):
-            return _error("request must be a map with a string 'cmd': status, streams or reset")
-        cmd = body["cmd"]
-        if cmd == "status":
+        parsed = decode_control_request(request)
+        if not isinstance(parsed, ControlRequest):
+            return _error(parsed)
+        if parsed.cmd == "status":
             return self.status()
-        if cmd == "streams":
+        if parsed.cmd == "streams":
             return self._streams_reply()
-        if cmd == "reset":
-            return self._reset_reply(body.get("stream"))
-        return _error(f"unknown cmd {cmd[:64]!r}; known: status, streams, reset")
+        return self._reset_reply(parsed.stream)
 
-    def _reset_reply(self, stream: Any) -> dict[str, Any]:
-        if stream is not None and not isinstance(stream, str):
-            return _error("'stream' must be a string, or absent to reset every stream")
+    def _reset_reply(self, stream: str | None) -> dict[str, Any]:
         count = self.store.request_reset(stream)
         if stream is not None and count == 0:
             return _error(f"unknown stream {stream[:256]!r}; nothing was reset")
+        self._control_resets += 1
         return {"ok": True, "reset": count}
 
     def _streams_reply(self) -> dict[str, Any]:
@@ -277,10 +393,30 @@ class Runner:
             "rejected": dict(c.rejected), "resets": dict(c.resets),
             "streams": len(self.store), "max_streams": self.store.max_streams,
             "evicted": self.store.evicted, "expired": self.store.expired,
-            "control_requests": c.control_requests,
+            "control_requests": c.control_requests, "input_reconnects": c.input_reconnects,
             "subscriptions": dict(self.subscriptions),
             "latency_ns": latency,
+            "snapshot": self._snapshot_status(),
+            "curve": self.keys is not None,
         }
+
+    def _snapshot_status(self) -> dict[str, Any] | None:
+        writer = self.snapshots
+        if writer is None:
+            return None
+        return {"path": str(writer.path), "restored": self.restored.restored,
+                "restore_note": self.restored.note, "written": writer.written,
+                "failed": writer.failed, "last_write_ms": round(writer.last_write_s * 1e3, 3),
+                "interval_s": self.config.state.snapshot_interval_s}
+
+
+def check_model_pin(contract: ModelContract, pinned: str) -> None:
+    """Refuse a model whose SHA-256 differs from ``model.sha256`` (when pinned)."""
+    if pinned and contract.sha256 != pinned:
+        raise ModelIntegrityError(
+            f"Model {str(contract.path)!r} has SHA-256 {contract.sha256}, but model.sha256 "
+            f"pins {pinned}. Refusing to serve a model that is not the one pinned: restore "
+            "the right file, or update the pin after checking the new model.")
 
 
 def _error(message: str) -> dict[str, Any]:

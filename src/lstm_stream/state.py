@@ -33,7 +33,7 @@ CONTROL = "control"  # a reset request on the control socket
 IDLE = "idle"  # no message for longer than state.idle_timeout_s
 GAP = "gap"  # more than state.max_gap seq were missed
 EVICTED = "evicted"  # the stream was evicted (stream cap) and has come back
-RESTORED = "restored"  # state restored from a snapshot at start-up (reliability issue)
+RESTORED = "restored"  # state loaded from a snapshot at start-up (not zeroed; snapshot.py)
 
 RESET_REASONS = (NEW_STREAM, REQUESTED, CONTROL, IDLE, GAP, EVICTED, RESTORED)
 
@@ -110,8 +110,13 @@ class StateStore:
                              "of this stream (duplicate or out of order); dropped. Send "
                              "reset: true to start the stream again.",
                              msg.topic, msg.stream, seq)
-        if stream.pending_reset is not None:
-            return Admission(stream, self._zeros, stream.pending_reset, gap)
+        pending = stream.pending_reset
+        if pending is not None:
+            if pending != RESTORED:
+                return Admission(stream, self._zeros, pending, gap)
+            if not (self.max_gap and gap > self.max_gap):
+                # Restored state is fed, not zeroed; the output says where it came from.
+                return Admission(stream, stream.states, RESTORED, gap)
         if self.max_gap and gap > self.max_gap:
             return Admission(stream, self._zeros, GAP, gap)
         return Admission(stream, stream.states, None, gap)
@@ -128,7 +133,8 @@ class StateStore:
             np.copyto(dst, src)
         stream.last_seq = msg.seq
         stream.last_stamp_ns = msg.stamp_ns
-        stream.step = 1 if admission.reset is not None else stream.step + 1
+        # step counts steps since the state was last zeroed (a restore does not zero it)
+        stream.step = 1 if admission.states is self._zeros else stream.step + 1
         stream.last_seen_ns = now_ns
         stream.pending_reset = None
         return stream
@@ -143,6 +149,32 @@ class StateStore:
         stream = Stream(name, states, -1, None, 0, now_ns)
         self._streams[name] = stream
         return stream
+
+    def restore(self, name: str, states: Sequence[np.ndarray], *, last_seq: int,
+                last_stamp_ns: int | None, step: int, last_seen_ns: int,
+                pending_reset: str | None = RESTORED) -> Stream:
+        """Recreate a stream from a snapshot (at start-up, before any message).
+
+        Its next output reports ``pending_reset`` (``restored``: the state is
+        carried on, not zeroed; ``control``: a control reset was pending).
+        """
+        stream = self._create(name, last_seen_ns)
+        for dst, src in zip(stream.states, states, strict=True):
+            np.copyto(dst, src)
+        stream.last_seq = last_seq
+        stream.last_stamp_ns = last_stamp_ns
+        stream.step = step
+        stream.pending_reset = pending_reset
+        return stream
+
+    def forgotten(self) -> list[tuple[str, str]]:
+        """Recently forgotten streams and why (idle or evicted), oldest first."""
+        return list(self._forgotten.items())
+
+    def forget(self, name: str, why: str) -> None:
+        """Remember that ``name`` was forgotten, so its return is reported as ``why``."""
+        if name not in self._streams:
+            self._forget(name, why)
 
     def _forget(self, name: str, why: str) -> None:
         self._forgotten[name] = why
