@@ -227,3 +227,30 @@ def test_nothing_loads_pickle_or_unpickles_socket_data() -> None:
             if "allow_pickle=False" not in call.group(1):
                 offenders.append(f"{path.name}: {call.group(0)}")
     assert offenders == []
+
+
+def test_control_command_takes_key_files(keys: dict[str, Path],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import subprocess
+    import sys
+
+    use_env_keys(monkeypatch, keys, "planner")  # for the readiness check of serve_process
+    secret = keys["root"] / "planner" / "planner.key_secret"
+    with VehicleStack() as stack, serve_process(MODEL, stack.sensors_endpoint,
+                                                *curve_opts(keys)) as served:
+        def control(*extra: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "lstm_stream", "control", "status",
+                                   "--control", served.control, "--timeout", "0.5", *extra],
+                                  capture_output=True, text=True, timeout=60,
+                                  env={k: v for k, v in __import__("os").environ.items()
+                                       if not k.startswith("LSTM_STREAM_")})
+
+        allowed = control("--client-key", str(secret), "--server-key",
+                          str(keys["server_public"]))
+        assert allowed.returncode == 0, allowed.stderr
+        assert json.loads(allowed.stdout)["curve"] is True
+        denied = control()  # no keys: the runner does not answer
+        assert denied.returncode == 1 and "No reply" in denied.stderr
+        half = control("--client-key", str(secret))
+        assert half.returncode == 2 and "both --client-key and --server-key" in half.stderr

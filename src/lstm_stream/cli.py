@@ -151,16 +151,27 @@ def _add_control(sub: Any) -> None:
     p.add_argument("--control", default="tcp://127.0.0.1:5557", metavar="ENDPOINT",
                    help="the runner's control endpoint (default tcp://127.0.0.1:5557)")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the reply")
+    p.add_argument("--client-key", metavar="FILE", help="for a runner with CURVE: your "
+                   "NAME.key_secret (default: $LSTM_STREAM_CLIENT_KEY)")
+    p.add_argument("--server-key", metavar="FILE", help="for a runner with CURVE: the "
+                   "runner's public NAME.key (default: $LSTM_STREAM_SERVER_KEY)")
     p.set_defaults(handler=_control)
 
 
 def _control(args: argparse.Namespace) -> int:
     from lstm_stream.client import control_request
+    from lstm_stream.security.curve import ClientKeys
 
+    if (args.client_key is None) != (args.server_key is None):
+        print("lstm-stream control: error: give both --client-key and --server-key, or "
+              "neither", file=sys.stderr)
+        return 2
+    keys = (ClientKeys.from_files(args.client_key, args.server_key)
+            if args.client_key is not None else None)
     request: dict[str, Any] = {"cmd": args.cmd}
     if args.stream is not None:
         request["stream"] = args.stream
-    reply = control_request(args.control, request, timeout_s=args.timeout)
+    reply = control_request(args.control, request, timeout_s=args.timeout, curve=keys)
     print(json.dumps(reply, indent=2))
     return 0 if reply.get("ok") else 1
 
