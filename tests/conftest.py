@@ -31,3 +31,16 @@ def model_factory(tmp_path: Path) -> ModelFactory:
         return path
 
     return make
+
+
+_DIRECTORY_MARKERS = {"train": "torch", "sim": "sim"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under tests/train as `torch` and under tests/sim as `sim`,
+    so that `-m "not torch"` runs the suite as on an edge box without torch."""
+    for item in items:
+        parts = Path(str(item.path)).relative_to(REPO / "tests").parts
+        marker = _DIRECTORY_MARKERS.get(parts[0]) if len(parts) > 1 else None
+        if marker is not None:
+            item.add_marker(marker)
