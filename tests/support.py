@@ -10,7 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
+from lstm_stream.backends.numpy import NumpyBackend
 from lstm_stream.client import VehicleStack
+from lstm_stream.contract import load_contract
 from lstm_stream.demo import RunnerProcess, free_endpoint, runner_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,4 +28,23 @@ def serve_process(model: Path | str, input_endpoint: str, *extra: str) -> Iterat
         yield served
 
 
-__all__ = ["REPO", "Served", "VehicleStack", "free_endpoint", "serve_process"]
+class Reference:
+    """What the runner should output: the numpy backend with state per stream."""
+
+    def __init__(self, model: Path) -> None:
+        self.contract = load_contract(model)
+        self.backend = NumpyBackend(self.contract)
+        self.states: dict[str, tuple[np.ndarray, ...]] = {}
+
+    def zeros(self) -> tuple[np.ndarray, ...]:
+        return tuple(np.zeros((s.layers, 1, s.hidden), np.float32) for s in self.contract.states)
+
+    def step(self, stream: str, x: np.ndarray, reset: bool = False) -> np.ndarray:
+        if reset or stream not in self.states:
+            self.states[stream] = self.zeros()
+        y, new = self.backend.step(x.reshape(1, -1).astype(np.float32), self.states[stream])
+        self.states[stream] = tuple(np.array(a) for a in new)
+        return np.asarray(y[0])
+
+
+__all__ = ["REPO", "Reference", "Served", "VehicleStack", "free_endpoint", "serve_process"]

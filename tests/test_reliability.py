@@ -20,7 +20,7 @@ import zmq
 from lstm_stream.client import control_request
 from lstm_stream.protocol import encode_sensor
 
-from support import REPO, Served, VehicleStack, free_endpoint, serve_process
+from support import REPO, Reference, Served, VehicleStack, free_endpoint, serve_process
 
 MODEL = REPO / "models" / "random_lstm.onnx"
 
@@ -75,25 +75,6 @@ def outputs(sub: zmq.Socket[Any], count: int, timeout_s: float = 10.0) -> list[d
     return got
 
 
-class Reference:
-    """The numpy backend with state per stream: what the runner should output."""
-
-    def __init__(self) -> None:
-        from lstm_stream.backends.numpy import NumpyBackend
-        from lstm_stream.contract import load_contract
-
-        self.contract = load_contract(MODEL)
-        self.backend = NumpyBackend(self.contract)
-        self.states: dict[str, tuple[np.ndarray, ...]] = {}
-
-    def step(self, stream: str, x: np.ndarray) -> np.ndarray:
-        zeros = tuple(np.zeros((s.layers, 1, s.hidden), np.float32)
-                      for s in self.contract.states)
-        y, new = self.backend.step(x.reshape(1, -1), self.states.get(stream, zeros))
-        self.states[stream] = tuple(np.array(a) for a in new)
-        return np.asarray(y[0])
-
-
 @pytest.fixture
 def ctx() -> Iterator[zmq.Context[Any]]:
     context = zmq.Context()
@@ -115,7 +96,7 @@ def test_publisher_restart_reconnects_and_streams_continue_with_gaps(
     endpoint = free_endpoint()
     rng = np.random.default_rng(0)
     xs = rng.normal(size=(2, 20, 16)).astype(np.float32)
-    ref = Reference()
+    ref = Reference(MODEL)
     pub = xpub(ctx, endpoint)
     with serve_process(MODEL, endpoint) as served:
         wait_subscribed(pub)
@@ -148,7 +129,7 @@ def test_publisher_restart_reconnects_and_streams_continue_with_gaps(
 def test_output_subscriber_leaving_and_returning(ctx: zmq.Context[Any]) -> None:
     rng = np.random.default_rng(1)
     xs = rng.normal(size=(15, 16)).astype(np.float32)
-    ref = Reference()
+    ref = Reference(MODEL)
     with VehicleStack(ctx) as stack, serve_process(MODEL, stack.sensors_endpoint) as served:
         stack.wait_subscribed()
         sub = subscribe(ctx, served)
@@ -287,7 +268,7 @@ def test_messages_above_zmq_maxmsgsize_are_cut_by_zeromq(ctx: zmq.Context[Any]) 
     endpoint = free_endpoint()
     rng = np.random.default_rng(2)
     xs = rng.normal(size=(6, 16)).astype(np.float32)
-    ref = Reference()
+    ref = Reference(MODEL)
     pub = xpub(ctx, endpoint)
     with serve_process(MODEL, endpoint, "--set", "input.zmq_max_message_bytes=100000") as served:
         wait_subscribed(pub)

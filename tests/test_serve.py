@@ -21,33 +21,13 @@ import numpy as np
 import pytest
 import zmq
 
-from lstm_stream.backends.numpy import NumpyBackend
 from lstm_stream.client import control_request
 from lstm_stream.contract import load_contract
 from lstm_stream.protocol import encode_sensor
 
-from support import REPO, Served, VehicleStack, serve_process
+from support import REPO, Reference, Served, VehicleStack, serve_process
 
 MODEL = REPO / "models" / "random_lstm.onnx"
-
-
-class Reference:
-    """What the runner should output: the numpy backend with state per stream."""
-
-    def __init__(self, model: Path) -> None:
-        self.contract = load_contract(model)
-        self.backend = NumpyBackend(self.contract)
-        self.states: dict[str, tuple[np.ndarray, ...]] = {}
-
-    def zeros(self) -> tuple[np.ndarray, ...]:
-        return tuple(np.zeros((s.layers, 1, s.hidden), np.float32) for s in self.contract.states)
-
-    def step(self, stream: str, x: np.ndarray, reset: bool = False) -> np.ndarray:
-        if reset or stream not in self.states:
-            self.states[stream] = self.zeros()
-        y, new = self.backend.step(x.reshape(1, -1).astype(np.float32), self.states[stream])
-        self.states[stream] = tuple(np.array(a) for a in new)
-        return np.asarray(y[0])
 
 
 @pytest.fixture

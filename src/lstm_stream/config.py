@@ -177,6 +177,12 @@ T = TypeVar("T")
 def load_runner_config(path: str | Path | None = None,
                        overrides: list[str] | None = None) -> RunnerConfig:
     """Load ``path`` (or the defaults when None), apply ``section.field=value`` overrides."""
+    return load_config(RunnerConfig, path, overrides)
+
+
+def load_config(cls: type[T], path: str | Path | None = None,
+                overrides: list[str] | None = None) -> T:
+    """Build config dataclass ``cls`` from a TOML file (or defaults) plus overrides."""
     data: dict[str, Any] = {}
     where = "defaults"
     if path is not None:
@@ -184,7 +190,7 @@ def load_runner_config(path: str | Path | None = None,
         data = read_toml(path)
     for item in overrides or []:
         apply_override(data, item)
-    return from_dict(RunnerConfig, data, where)
+    return from_dict(cls, data, where)
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

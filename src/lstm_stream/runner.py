@@ -187,8 +187,6 @@ class Runner:
         poller.register(self.sub, zmq.POLLIN)
         poller.register(self.control, zmq.POLLIN)
         poller.register(self.pub, zmq.POLLIN)
-        if self.monitor is not None:
-            poller.register(self.monitor, zmq.POLLIN)
         timeout_ms = int(HOUSEKEEPING_S * 1000)
         next_housekeeping = time.monotonic_ns()
         # Busy polling: after a message, keep polling without sleeping for this long.
@@ -213,12 +211,14 @@ class Runner:
                 self._serve_control()
             if self.pub in events:
                 self._read_subscriptions()
-            if self.monitor is not None and self.monitor in events:
-                self._read_input_events()
             now = time.monotonic_ns()
             if self._reconnect_due is not None and now >= self._reconnect_due:
                 self._reconnect_input()
             if now >= next_housekeeping:
+                # The input monitor is read here, not polled with the data sockets:
+                # every socket in the poll set costs every message a little.
+                if self.monitor is not None:
+                    self._read_input_events()
                 self._housekeeping(now)
                 next_housekeeping = now + int(HOUSEKEEPING_S * 1e9)
             if self.snapshots is not None and now >= next_snapshot:

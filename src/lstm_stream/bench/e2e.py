@@ -30,7 +30,7 @@ import zmq
 
 from lstm_stream.bench.stats import summarize_ns
 from lstm_stream.client import control_request
-from lstm_stream.demo import free_endpoint
+from lstm_stream.demo import free_endpoint, stop_process
 from lstm_stream.errors import LstmStreamError
 
 log = logging.getLogger(__name__)
@@ -85,15 +85,7 @@ def server_process(kind: str, model: str, ends: Endpoints, *, threads: int = 1,
         startup = _wait_runner(proc, ends.control, t0) if kind == "runner" else None
         yield ServerProcess(proc, ends, startup, rt)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+        stop_process(proc)
 
 
 def set_realtime(pid: int, priority: int | None) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lstm_stream.config import apply_override, from_dict, read_toml
+from lstm_stream.config import from_dict, load_config
 from lstm_stream.errors import ConfigError
 
 SOURCES = ("digits", "npz", "csv", "mnist", "log")
@@ -224,19 +224,15 @@ class TrainConfig:
 
 def load_train_config(path: str | Path | None = None,
                       overrides: list[str] | None = None) -> TrainConfig:
-    """Load ``path`` (or the defaults when None) and apply ``section.field=value`` overrides."""
-    data: dict[str, Any] = {}
-    where = "defaults"
-    if path is not None:
-        where = str(path)
-        data = read_toml(path)
-    for item in overrides or []:
-        apply_override(data, item)
-    config = from_dict(TrainConfig, data, where)
+    """Load ``path`` (or the defaults when None) and apply ``section.field=value`` overrides.
+
+    Data files are checked here, so a missing file fails before any training.
+    """
+    config = load_config(TrainConfig, path, overrides)
     try:
         config.data.check_files()
     except ConfigError as err:
-        raise ConfigError(f"{where}: {err}") from None
+        raise ConfigError(f"{path or 'defaults'}: {err}") from None
     return config
 
 
