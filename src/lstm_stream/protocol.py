@@ -105,7 +105,9 @@ class SensorDecoder:
         stream = body.get("stream", topic)
         if type(stream) is not str:
             return Rejection(BAD_TYPE, f"'stream' must be a string, got {_kind(stream)}", topic)
-        if not stream or len(stream.encode()) > MAX_STREAM_NAME_BYTES:
+        # a UTF-8 character is at most 4 bytes: short names need no encoding to check
+        if not stream or (len(stream) > MAX_STREAM_NAME_BYTES // 4
+                          and len(stream.encode()) > MAX_STREAM_NAME_BYTES):
             return Rejection(BAD_VALUE, f"'stream' must be 1 to {MAX_STREAM_NAME_BYTES} "
                              "UTF-8 bytes long", topic, None)
         seq = body.get("seq")

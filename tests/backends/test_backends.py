@@ -283,3 +283,26 @@ def test_runtime_backends_do_not_import_torch(model_factory: Any) -> None:
         "assert 'onnx' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_onnxruntime_fast_path_equals_the_public_run() -> None:
+    """The backend's direct call into the C++ session gives what `InferenceSession.run` gives."""
+    from lstm_stream.backends.onnxruntime import OnnxRuntimeBackend
+
+    repo = Path(__file__).resolve().parents[2]
+    contract = load_contract(repo / "models" / "random_lstm.onnx")
+    backend = OnnxRuntimeBackend(contract)
+    rng = np.random.default_rng(3)
+    states = tuple(np.zeros((s.layers, 2, s.hidden), np.float32) for s in contract.states)
+    public_states = states
+    names = ["y", *(s.output for s in contract.states)]
+    for _ in range(20):
+        x = rng.normal(size=(2, contract.n_features)).astype(np.float32)
+        y, states = backend.step(x, states)
+        feeds = {"x": x, **{s.input: v for s, v in zip(contract.states, public_states,
+                                                           strict=True)}}
+        public = backend.session.run(names, feeds)
+        public_states = tuple(public[1:])
+        np.testing.assert_array_equal(y, public[0])
+        for a, b in zip(states, public_states, strict=True):
+            np.testing.assert_array_equal(a, b)
