@@ -12,6 +12,7 @@ it needs neither onnxruntime nor the ``onnx`` package.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -59,6 +60,9 @@ class ModelContract:
     normalization: dict[str, Any] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     graph: OnnxModel | None = field(default=None, repr=False, compare=False)
+    # The exact bytes that were hashed and parsed: backends load these, never the
+    # file again, so what runs is what model.sha256 pinned.
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def feature_index(self) -> dict[str, int] | None:
@@ -79,7 +83,8 @@ def load_contract(path: str | Path) -> ModelContract:
             "Check the path (models are looked up relative to the current directory)."
         ) from err
     graph = read_model(data, source=str(path))
-    return contract_from_graph(graph, path=path, sha256=hashlib.sha256(data).hexdigest())
+    contract = contract_from_graph(graph, path=path, sha256=hashlib.sha256(data).hexdigest())
+    return dataclasses.replace(contract, data=data)
 
 
 def contract_from_graph(graph: OnnxModel, *, path: Path, sha256: str) -> ModelContract:

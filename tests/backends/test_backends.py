@@ -306,3 +306,22 @@ def test_onnxruntime_fast_path_equals_the_public_run() -> None:
         np.testing.assert_array_equal(y, public[0])
         for a, b in zip(states, public_states, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_backends_run_the_bytes_that_were_hashed(model_factory: Any) -> None:
+    """Replacing the model file after the contract was read (and its hash checked)
+    changes nothing: every backend runs the bytes that were hashed."""
+    from lstm_stream.backends import create_backend
+
+    path = model_factory(name="pinned.onnx", seed=1)
+    contract = load_contract(path)
+    expected = create_backend("onnxruntime", load_contract(path))
+    path.write_bytes(model_factory(name="other.onnx", seed=2).read_bytes())
+    x = np.ones((1, contract.n_features), np.float32)
+    zeros = tuple(np.zeros((s.layers, 1, s.hidden), np.float32) for s in contract.states)
+    want, _ = expected.step(x, zeros)
+    for name in ("onnxruntime", "numpy"):
+        got, _ = create_backend(name, contract).step(x, zeros)
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=name)
+    assert not np.allclose(create_backend("onnxruntime", load_contract(path)).step(x, zeros)[0],
+                           want, atol=1e-5)  # the new file really is another model

@@ -42,8 +42,9 @@ class OnnxRuntimeBackend(StepBackend):
     def __init__(self, contract: ModelContract, *, threads: int = 1) -> None:
         super().__init__(contract, threads=threads)
         try:
+            # The bytes the contract hashed, when it has them: not the file again.
             self.session = ort.InferenceSession(
-                str(contract.path),
+                contract.data if contract.data is not None else str(contract.path),
                 sess_options=session_options(threads),
                 providers=["CPUExecutionProvider"],
             )
