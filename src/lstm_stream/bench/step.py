@@ -20,15 +20,23 @@ from lstm_stream.errors import BackendError
 from lstm_stream.protocol import Rejection
 
 RUNNER_PATH = "runner in process: decode + state + step + encode"
+FLOOR_B_PACED = "bare InferenceSession.run, 1 ms apart"
 
 
-def time_calls(call: Callable[[], object], steps: int, warmup: int) -> np.ndarray:
-    """Latency in ns of ``steps`` calls of ``call`` after ``warmup`` discarded calls."""
+def time_calls(call: Callable[[], object], steps: int, warmup: int,
+               idle_s: float = 0.0) -> np.ndarray:
+    """Latency in ns of ``steps`` calls of ``call`` after ``warmup`` discarded calls.
+
+    ``idle_s`` > 0 sleeps that long before each timed call, as a server does
+    between messages: the call then starts with colder caches and clock.
+    """
     for _ in range(warmup):
         call()
     out = np.empty(steps, np.int64)
     clock = time.perf_counter_ns
     for i in range(steps):
+        if idle_s:
+            time.sleep(idle_s)
         t0 = clock()
         call()
         out[i] = clock() - t0
@@ -56,8 +64,10 @@ def backend_step(contract: ModelContract, name: str, batch: int, steps: int, war
     return time_calls(call, steps, warmup)
 
 
-def bare_run(contract: ModelContract, steps: int, warmup: int, threads: int = 1) -> np.ndarray:
-    """Floor (b): ``InferenceSession.run`` alone, latency-tuned options, state fed back."""
+def bare_run(contract: ModelContract, steps: int, warmup: int, threads: int = 1,
+             idle_s: float = 0.0) -> np.ndarray:
+    """Floor (b): ``InferenceSession.run`` alone, latency-tuned options, state fed back
+    (``idle_s``: sleep before each call, see :func:`time_calls`)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(contract.path), sess_options=session_options(threads),
@@ -72,7 +82,7 @@ def bare_run(contract: ModelContract, steps: int, warmup: int, threads: int = 1)
         for name, value in zip(names, result[1:], strict=True):
             feeds[name] = value
 
-    return time_calls(call, steps, warmup)
+    return time_calls(call, steps, warmup, idle_s)
 
 
 def runner_path(contract: ModelContract, steps: int, warmup: int,
@@ -165,6 +175,10 @@ def step_suite(contract: ModelContract, *, steps: int, warmup: int, batches: tup
     results["floor b: bare InferenceSession.run"] = summarize_ns(
         bare_run(contract, steps, warmup, threads))
     results[RUNNER_PATH] = summarize_ns(runner_path(contract, steps, warmup, threads))
+    # The same run 1 ms after the previous one, as at 1 kHz: what waking up costs
+    # onnxruntime alone on this machine (floor (b) above is back to back).
+    results[FLOOR_B_PACED] = summarize_ns(
+        bare_run(contract, max(200, steps // 10), warmup, threads, idle_s=0.001))
     results["naive: default InferenceSession loop"] = summarize_ns(
         naive_ort(contract, steps, warmup))
     if with_torch and _has_torch():
