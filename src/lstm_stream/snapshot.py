@@ -294,12 +294,7 @@ class SnapshotWriter:
             while self._busy:
                 self._cond.wait()
             self._busy = True
-        try:
-            self._write(body)
-        finally:
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
+        self._write_then_release(body)
 
     def close(self) -> None:
         with self._cond:
@@ -315,12 +310,16 @@ class SnapshotWriter:
                 if self._pending is None:
                     return
                 body, self._pending, self._busy = self._pending, None, True
-            try:
-                self._write(body)
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+            self._write_then_release(body)
+
+    def _write_then_release(self, body: bytes) -> None:
+        """Write ``body`` (the caller has set ``_busy``), then let the next writer in."""
+        try:
+            self._write(body)
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
 
     def _write(self, body: bytes) -> None:
         start = time.perf_counter()
