@@ -9,7 +9,6 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -73,13 +72,6 @@ def outputs(sub: zmq.Socket[Any], count: int, timeout_s: float = 10.0) -> list[d
         if topic == b"policy":
             got.append(msgpack.unpackb(payload))
     return got
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 def subscribe(ctx: zmq.Context[Any], served: Served) -> zmq.Socket[Any]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,6 @@ from lstm_stream.demo import free_endpoint
 from lstm_stream.errors import ConfigError, LogError
 from lstm_stream.logs.reader import LogReader
 from lstm_stream.replay import ReplayConfig, Replayer
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 def subscriber(ctx: zmq.Context[Any], endpoint: str, topic: bytes = b"") -> zmq.Socket[Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +71,6 @@ def plain_request(ctx: zmq.Context[Any], endpoint: str, request: dict[str, Any])
 def curve_opts(keys: dict[str, Path], *extra: str) -> tuple[str, ...]:
     return ("--set", f'security.server_key="{keys["server_secret"]}"',
             "--set", f'security.authorized_keys="{keys["authorized"]}"', *extra)
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 def test_keys_generate_command_writes_a_private_pair(tmp_path: Path,

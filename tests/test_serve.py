@@ -31,13 +31,6 @@ MODEL = REPO / "models" / "random_lstm.onnx"
 
 
 @pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
 def stack(ctx: zmq.Context[Any]) -> Iterator[VehicleStack]:
     vs = VehicleStack(ctx)
     yield vs

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -212,13 +211,6 @@ class OrtReference:
         self.states[stream] = tuple(np.array(a) for a in new)
         out: list[float] = y[0].tolist()
         return out
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 def drive(stack: VehicleStack, served: Served, xs: np.ndarray, seqs: range,

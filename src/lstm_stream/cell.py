@@ -78,19 +78,11 @@ def _check_weights(
     _check_shape(f"{kind}.b_hh", b_hh, (gates * hidden,))
 
 
-# eq=False: the generated __eq__/__hash__ would compare arrays element-wise and
-# fail on truth-testing; identity semantics are the honest choice for weights.
-@dataclass(frozen=True, eq=False)
-class LstmWeights:
-    """One LSTM layer in PyTorch's layout, gate order i, f, g, o."""
+class _LayerShape:
+    """``hidden`` and ``input_size`` of a layer, read off its weight matrices."""
 
-    w_ih: FloatArray  # (4H, I)
-    w_hh: FloatArray  # (4H, H)
-    b_ih: FloatArray  # (4H,)
-    b_hh: FloatArray  # (4H,)
-
-    def __post_init__(self) -> None:
-        _check_weights(self.w_ih, self.w_hh, self.b_ih, self.b_hh, 4, "LstmWeights")
+    w_ih: FloatArray
+    w_hh: FloatArray
 
     @property
     def hidden(self) -> int:
@@ -101,8 +93,23 @@ class LstmWeights:
         return int(self.w_ih.shape[1])
 
 
+# eq=False: the generated __eq__/__hash__ would compare arrays element-wise and
+# fail on truth-testing; identity semantics are the honest choice for weights.
 @dataclass(frozen=True, eq=False)
-class GruWeights:
+class LstmWeights(_LayerShape):
+    """One LSTM layer in PyTorch's layout, gate order i, f, g, o."""
+
+    w_ih: FloatArray  # (4H, I)
+    w_hh: FloatArray  # (4H, H)
+    b_ih: FloatArray  # (4H,)
+    b_hh: FloatArray  # (4H,)
+
+    def __post_init__(self) -> None:
+        _check_weights(self.w_ih, self.w_hh, self.b_ih, self.b_hh, 4, "LstmWeights")
+
+
+@dataclass(frozen=True, eq=False)
+class GruWeights(_LayerShape):
     """One GRU layer in PyTorch's layout, gate order r, z, n."""
 
     w_ih: FloatArray  # (3H, I)
@@ -115,14 +122,6 @@ class GruWeights:
 
     def __post_init__(self) -> None:
         _check_weights(self.w_ih, self.w_hh, self.b_ih, self.b_hh, 3, "GruWeights")
-
-    @property
-    def hidden(self) -> int:
-        return int(self.w_hh.shape[1])
-
-    @property
-    def input_size(self) -> int:
-        return int(self.w_ih.shape[1])
 
 
 # --------------------------------------------------------------------------- maths

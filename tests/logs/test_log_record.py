@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,6 @@ from lstm_stream.demo import free_endpoint
 from lstm_stream.logs.reader import LogReader
 from lstm_stream.protocol import encode_sensor
 from lstm_stream.replay import ReplayConfig, Replayer
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 def start_recorder(endpoint: str, out: Path, *extra: str) -> subprocess.Popen[bytes]:
