@@ -12,6 +12,7 @@ import msgpack
 import numpy as np
 import pytest
 
+from lstm_stream.backends.base import step_sequences
 from lstm_stream.backends.numpy import NumpyBackend
 from lstm_stream.backends.onnxruntime import OnnxRuntimeBackend
 from lstm_stream.contract import load_contract
@@ -96,13 +97,7 @@ def test_shipped_model_matches_its_pytorch_reference() -> None:
     xs, want = ref["x"], ref["y"]  # (B, T, F), (B, T, O)
     contract = load_contract(MODEL)
     for backend in (OnnxRuntimeBackend(contract), NumpyBackend(contract)):
-        states = tuple(np.zeros((s.layers, xs.shape[0], s.hidden), np.float32)
-                       for s in contract.states)
-        got = []
-        for t in range(xs.shape[1]):
-            y, states = backend.step(np.ascontiguousarray(xs[:, t]), states)
-            got.append(np.asarray(y))
-        got_y = np.stack(got, axis=1)
+        got_y, _ = step_sequences(backend.step, contract, xs)
         tol = np.maximum(1e-5, 1e-5 * np.maximum(np.abs(got_y), np.abs(want)))
         assert np.all(np.abs(got_y - want) <= tol), type(backend).__name__
 

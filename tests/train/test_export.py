@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lstm_stream.backends import create_backend
+from lstm_stream.backends.base import step_sequences
 from lstm_stream.contract import load_contract
 from lstm_stream.errors import ExportError
 from lstm_stream.train.config import TrainConfig, load_train_config
@@ -35,14 +36,7 @@ def trained(tmp_path: Path, npz: Path, *overrides: str) -> tuple[TrainResult, Tr
 def stepped(model_path: Path, backend: str, xs: np.ndarray) -> np.ndarray:
     """Serve-style stepping: one step per row, state carried; xs (B, T, F) -> (B, T, O)."""
     contract = load_contract(model_path)
-    be = create_backend(backend, contract)
-    states = tuple(np.zeros((s.layers, xs.shape[0], s.hidden), np.float32)
-                   for s in contract.states)
-    ys = []
-    for t in range(xs.shape[1]):
-        y, states = be.step(np.ascontiguousarray(xs[:, t]), states)
-        ys.append(np.asarray(y))
-    return np.stack(ys, axis=1)
+    return step_sequences(create_backend(backend, contract).step, contract, xs)[0]
 
 
 @pytest.mark.parametrize("overrides", [

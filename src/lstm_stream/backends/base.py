@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -31,3 +31,20 @@ class StepBackend(ABC):
         self, x: np.ndarray, states: Sequence[np.ndarray]
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """One step for a batch of independent rows."""
+
+
+StepFn = Callable[[np.ndarray, Sequence[np.ndarray]], tuple[np.ndarray, tuple[np.ndarray, ...]]]
+
+
+def step_sequences(step: StepFn, contract: ModelContract, xs: np.ndarray
+                   ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Step ``xs`` (B, T, F) one time step at a time, state carried as ``serve``
+    carries it from zeros: returns y (B, T, O) and the final states."""
+    batch = xs.shape[0]
+    states: Sequence[np.ndarray] = tuple(
+        np.zeros((s.layers, batch, s.hidden), np.float32) for s in contract.states)
+    ys = []
+    for t in range(xs.shape[1]):
+        y, states = step(np.ascontiguousarray(xs[:, t]), states)
+        ys.append(np.asarray(y))
+    return np.stack(ys, axis=1), [np.asarray(s) for s in states]

@@ -22,7 +22,7 @@ import datetime
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from lstm_stream import cell
+from lstm_stream.backends.base import StepFn, step_sequences
 from lstm_stream.contract import ModelContract, contract_from_graph
 from lstm_stream.errors import ExportError, LstmStreamError
 from lstm_stream.onnx_proto import read_model
@@ -43,7 +44,6 @@ OPSET = 17
 IR_VERSION = 8  # what onnxruntime 1.17+ accepts
 BATCH = "batch"
 
-StepFn = Callable[[np.ndarray, Sequence[np.ndarray]], tuple[np.ndarray, tuple[np.ndarray, ...]]]
 
 
 @dataclass
@@ -270,18 +270,6 @@ def _reference(model: SequenceModel, xs: np.ndarray) -> tuple[np.ndarray, list[n
     return y.numpy(), [s.numpy() for s in state]
 
 
-def _stepped(step: StepFn, xs: np.ndarray, contract: ModelContract
-             ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The step model over ``xs`` (B, T, F), state carried as ``serve`` carries it."""
-    batch = xs.shape[0]
-    states = tuple(np.zeros((s.layers, batch, s.hidden), np.float32) for s in contract.states)
-    ys = []
-    for t in range(xs.shape[1]):
-        y, states = step(np.ascontiguousarray(xs[:, t]), states)
-        ys.append(np.asarray(y))
-    return np.stack(ys, axis=1), [np.asarray(s) for s in states]
-
-
 def _by_length(sequences: Sequence[np.ndarray]) -> dict[int, list[int]]:
     """Sequences of one length are stepped together: that also exercises a dynamic batch."""
     groups: dict[int, list[int]] = {}
@@ -298,7 +286,7 @@ def _compare(step: StepFn, model: SequenceModel, sequences: Sequence[np.ndarray]
     for idx in _by_length(sequences).values():
         xs = np.stack([sequences[i] for i in idx]).astype(np.float32)  # (B, T, F)
         want_y, want_s = _reference(model, xs)
-        got_y, got_s = _stepped(step, xs, contract)
+        got_y, got_s = step_sequences(step, contract, xs)
         pairs = [("y", got_y, want_y)] + [(n, g.transpose(1, 0, 2)[:, None], w.transpose(
             1, 0, 2)[:, None]) for n, g, w in zip(state_names, got_s, want_s, strict=True)]
         for name, got, want in pairs:  # got/want (B, T or 1, ...)
@@ -322,7 +310,7 @@ def _max_diff(step: StepFn, model: SequenceModel, sequences: Sequence[np.ndarray
     for idx in _by_length(sequences).values():
         xs = np.stack([sequences[i] for i in idx]).astype(np.float32)
         want_y, _ = _reference(model, xs)
-        got_y, _ = _stepped(step, xs, contract)
+        got_y, _ = step_sequences(step, contract, xs)
         worst = max(worst, float(np.max(np.abs(got_y - want_y))))
     return worst
 
