@@ -124,6 +124,21 @@ class StateConfig:
 
 
 @dataclass
+class BatchingConfig:
+    """Stepping waiting messages of different streams in one inference call."""
+
+    max_batch: int = 64  # messages (of distinct streams) stepped in one call; 1 = never batch
+    max_wait_us: int = 0  # after the first message, wait this long for more; 0 = no waiting,
+    # take only what is already queued (a lone message is never delayed)
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.max_batch <= 65536, "batching.max_batch", "between 1 and 65536",
+               self.max_batch)
+        _check(0 <= self.max_wait_us <= 1_000_000, "batching.max_wait_us",
+               "between 0 and 1000000 microseconds", self.max_wait_us)
+
+
+@dataclass
 class SecurityConfig:
     """ZeroMQ CURVE: encryption and an allow-list of client keys (docs/security.md)."""
 
@@ -152,6 +167,7 @@ class RunnerConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
 
     def __post_init__(self) -> None:
