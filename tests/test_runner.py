@@ -28,11 +28,14 @@ POISON = 12345.0  # a feature value that makes the backend below raise
 
 
 class FailingOnPoison(OnnxRuntimeBackend):
-    """The real onnxruntime backend, raising when x[0, 0] is POISON (a backend bug)."""
+    """The real onnxruntime backend, raising when any row's x[0] is POISON (a backend bug).
+
+    In a batch, the poisoned row fails the whole call: the stepper must then step
+    the rows one by one so that only the poisoned message is rejected."""
 
     def step(self, x: np.ndarray, states: Sequence[np.ndarray]
              ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        if x[0, 0] == POISON:
+        if (x[:, 0] == POISON).any():
             raise RuntimeError("simulated backend failure")
         return super().step(x, states)
 

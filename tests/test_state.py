@@ -153,3 +153,63 @@ def test_shared_zero_state_cannot_be_written() -> None:
     assert isinstance(adm, Admission)
     with pytest.raises(ValueError, match="read-only"):
         adm.states[0][0, 0, 0] = 1.0
+
+
+def _row(value: float) -> list[np.ndarray]:
+    return [np.full((sp.layers, 1, sp.hidden), value, np.float32) for sp in SPECS]
+
+
+def test_pool_grows_and_every_stream_keeps_its_state() -> None:
+    store = StateStore(SPECS, max_streams=1000)
+    n = s.INITIAL_SLOTS * 3 + 5  # two doublings
+    for i in range(n):
+        admit_and_commit(store, msg(f"s{i}", 0), i, value=float(i))
+    for i in range(n):
+        stream = store.get(f"s{i}")
+        assert stream is not None
+        assert all((st == float(i)).all() for st in stream.states), i
+        assert all(st.shape == (2, 1, 3) and st.flags.c_contiguous for st in stream.states)
+    assert len({store.get(f"s{i}").slot for i in range(n)}) == n  # type: ignore[union-attr]
+
+
+def test_a_reused_slot_starts_from_zeros() -> None:
+    store = StateStore(SPECS, max_streams=1)
+    admit_and_commit(store, msg("a", 0), 0, value=5.0)
+    adm = admit_and_commit(store, msg("b", 0), 1, value=0.0)  # evicts a, takes its row
+    assert all(not st.any() for st in adm.states)
+    adm = store.admit(msg("c", 0), 2)
+    assert isinstance(adm, Admission) and all(not st.any() for st in adm.states)
+    store.commit(adm, msg("c", 0), _row(3.0), 2)
+    stream = store.get("c")
+    assert stream is not None and all((st == 3.0).all() for st in stream.states)
+
+
+def test_gather_and_commit_many_equal_one_at_a_time() -> None:
+    batched, single = StateStore(SPECS), StateStore(SPECS)
+    for store in (batched, single):
+        admit_and_commit(store, msg("a", 0), 0, value=1.0)
+        admit_and_commit(store, msg("b", 0), 0, value=2.0)
+        store.request_reset("b")
+    msgs = [msg("b", 1), msg("new", 0), msg("a", 1)]
+    admissions = [batched.admit(m, 5) for m in msgs]
+    assert all(isinstance(a, Admission) for a in admissions)
+    gathered = batched.gather(admissions)  # type: ignore[arg-type]
+    for arr in gathered:
+        assert arr.shape == (2, 3, 3) and arr.flags.c_contiguous
+        np.testing.assert_array_equal(arr[:, 0], 0.0)  # b: control reset
+        np.testing.assert_array_equal(arr[:, 1], 0.0)  # new stream
+        np.testing.assert_array_equal(arr[:, 2], 1.0)  # a carries its state
+    new = [np.stack([np.full((2, 3), 10.0 + i, np.float32) for i in range(3)], axis=1)
+           for _ in SPECS]  # row i holds 10 + i
+    batched.commit_many(admissions, msgs, new, [5, 5, 5])  # type: ignore[arg-type]
+    for i, m in enumerate(msgs):
+        adm = single.admit(m, 5)
+        assert isinstance(adm, Admission)
+        single.commit(adm, m, _row(10.0 + i), 5)
+    for name in ("a", "b", "new"):
+        x, y = batched.get(name), single.get(name)
+        assert x is not None and y is not None
+        assert (x.last_seq, x.step, x.pending_reset) == (y.last_seq, y.step, y.pending_reset)
+        for p, q in zip(x.states, y.states, strict=True):
+            np.testing.assert_array_equal(p, q)
+    assert [st.name for st in batched.streams()] == [st.name for st in single.streams()]

@@ -3,8 +3,11 @@
 The path of one sensor message (the hot path) is :meth:`Runner.handle`:
 decode and validate -> admit against the stream's state -> one backend step ->
 commit the new state -> encode and publish. Nothing on it logs, reads config or
-allocates state arrays. Everything else (control requests, subscription
-tracking, idle expiry, state snapshots) runs between messages.
+allocates state arrays. When more messages are already queued behind the first,
+:meth:`Runner.handle_batch` steps those of distinct streams in one backend call
+(``[batching]``; stepper.py keeps every stream's messages in order). Everything
+else (control requests, subscription tracking, idle expiry, state snapshots)
+runs between messages.
 
 Reliability and security live around that path, never on it: the model's
 SHA-256 is checked against ``model.sha256`` before anything is loaded into
@@ -45,7 +48,7 @@ from lstm_stream.protocol import (
 )
 from lstm_stream.security.curve import ServerKeys, load_server_keys
 from lstm_stream.snapshot import RestoreResult, SnapshotWriter, encode_snapshot, restore
-from lstm_stream.stepper import StreamStepper
+from lstm_stream.stepper import Stepped, StreamStepper
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,7 @@ class Runner:
         self.counters = Counters()
         self.subscriptions: Counter[str] = Counter()
         self._latencies = np.zeros(LATENCY_WINDOW, np.int64)
+        self._max_wait_ns = config.batching.max_wait_us * 1000
         self._packer = msgpack.Packer(use_bin_type=True)
         self._out_topic = config.output.topic.encode()
         self._diag_topic = config.output.diagnostics_topic.encode()
@@ -234,25 +238,56 @@ class Runner:
         self._stop.set()
 
     def _drain_input(self) -> None:
-        sub, handle, clock = self.sub, self.handle, time.monotonic_ns
-        for _ in range(MAX_BURST):
-            if not cast(int, sub.get(zmq.EVENTS)) & zmq.POLLIN:
-                return
+        sub, clock = self.sub, time.monotonic_ns
+        max_batch = self.config.batching.max_batch
+        handled = 0
+        while handled < MAX_BURST and cast(int, sub.get(zmq.EVENTS)) & zmq.POLLIN:
             frames = sub.recv_multipart()
-            handle(frames, clock())
+            t_recv = clock()
+            if max_batch == 1 or not (self._max_wait_ns
+                                      or cast(int, sub.get(zmq.EVENTS)) & zmq.POLLIN):
+                self.handle(frames, t_recv)  # alone: the lowest-latency path
+                handled += 1
+                continue
+            items = [(frames, t_recv)]
+            self._take_queued(items, max_batch)
+            self.handle_batch(items)
+            handled += len(items)
+
+    def _take_queued(self, items: list[tuple[list[bytes], int]], max_batch: int) -> None:
+        """Add the messages already queued (waiting up to ``max_wait_us`` for more)."""
+        sub, clock = self.sub, time.monotonic_ns
+        deadline = items[0][1] + self._max_wait_ns
+        while len(items) < max_batch:
+            while not cast(int, sub.get(zmq.EVENTS)) & zmq.POLLIN:
+                left_ns = deadline - clock()
+                if left_ns <= 0:
+                    return
+                if left_ns >= 1_000_000:  # poll() counts in whole milliseconds;
+                    sub.poll(left_ns // 1_000_000, zmq.POLLIN)  # below that, spin
+            items.append((sub.recv_multipart(), clock()))
 
     # -- the hot path --------------------------------------------------------
 
     def handle(self, frames: list[bytes], t_recv_ns: int) -> None:
         """Step one message received at ``t_recv_ns`` (monotonic clock) and publish
         its output, or its rejection on the diagnostics topic."""
-        counters = self.counters
-        counters.received += 1
-        result = self.stepper.step(frames, t_recv_ns)
+        self.counters.received += 1
+        self._publish_result(self.stepper.step(frames, t_recv_ns), t_recv_ns)
+
+    def handle_batch(self, items: list[tuple[list[bytes], int]]) -> None:
+        """Step several queued messages, those of distinct streams in one backend call,
+        and publish each output (or rejection) in arrival order."""
+        self.counters.received += len(items)
+        self.stepper.step_many(items, self._publish_result,
+                               max_batch=self.config.batching.max_batch)
+
+    def _publish_result(self, result: Stepped | Rejection, t_recv_ns: int) -> None:
         if type(result) is Rejection:
             self._reject(result)
             return
         assert not isinstance(result, Rejection)  # for mypy; free at run time
+        counters = self.counters
         if result.reset is not None:
             counters.resets[result.reset] += 1
         counters.stepped += 1
@@ -390,6 +425,7 @@ class Runner:
                       "backend": self.backend.name, "features": self.contract.n_features,
                       "outputs": self.contract.n_outputs},
             "received": c.received, "stepped": c.stepped, "published": c.published,
+            "batches": self.stepper.calls,  # backend calls; stepped / batches = mean batch
             "rejected": dict(c.rejected), "resets": dict(c.resets),
             "streams": len(self.store), "max_streams": self.store.max_streams,
             "evicted": self.store.evicted, "expired": self.store.expired,

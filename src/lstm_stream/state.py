@@ -10,6 +10,13 @@ a stream half-updated:
    into the stream's preallocated arrays and advances its seq.
 
 If the step fails, nothing is committed: the stream is exactly as it was.
+
+Every stream's state lives in one row ("slot") of a pool array per state
+tensor, ``(capacity, layers, hidden)``, so that a batch of streams is gathered
+and scattered with one numpy call per tensor (:meth:`StateStore.gather`,
+:meth:`StateStore.commit_many`) instead of a Python loop over streams. A
+stream's ``states`` are views of its row, shaped ``(layers, 1, hidden)`` as a
+batch-1 step wants them. The pool doubles when full, up to ``max_streams``.
 """
 
 from __future__ import annotations
@@ -40,10 +47,11 @@ RESET_REASONS = (NEW_STREAM, REQUESTED, CONTROL, IDLE, GAP, EVICTED, RESTORED)
 
 @dataclass(slots=True)
 class Stream:
-    """One stream's state and bookkeeping. ``states`` are allocated once."""
+    """One stream's state and bookkeeping. ``states`` are views of its pool row."""
 
     name: str
-    states: tuple[np.ndarray, ...]  # each (layers, 1, hidden) float32
+    slot: int  # the stream's row in the state pools
+    states: tuple[np.ndarray, ...]  # each (layers, 1, hidden) float32, a view of the pool
     last_seq: int
     last_stamp_ns: int | None
     step: int  # steps since the last reset
@@ -61,6 +69,9 @@ class Admission:
     gap: int
 
 
+INITIAL_SLOTS = 64  # pool rows allocated at start; doubled when full, up to max_streams
+
+
 class StateStore:
     """All streams' state, least recently used first."""
 
@@ -68,6 +79,10 @@ class StateStore:
                  idle_timeout_s: float = 5.0, max_gap: int = 0) -> None:
         self.specs = tuple(specs)
         self.max_streams = max_streams
+        capacity = min(max_streams, INITIAL_SLOTS)
+        self._pools = [np.zeros((capacity, spec.layers, spec.hidden), np.float32)
+                       for spec in self.specs]
+        self._free = list(range(capacity - 1, -1, -1))  # pop() hands out slot 0 first
         self.idle_timeout_ns = int(idle_timeout_s * 1e9)
         self.max_gap = max_gap
         self._streams: OrderedDict[str, Stream] = OrderedDict()
@@ -124,13 +139,47 @@ class StateStore:
     def commit(self, admission: Admission, msg: SensorMessage,
                new_states: Sequence[np.ndarray], now_ns: int) -> Stream:
         """Store the state after a successful step; returns the stream."""
+        stream = self._advance(admission, msg, now_ns)
+        for dst, src in zip(stream.states, new_states, strict=True):
+            np.copyto(dst, src)
+        return stream
+
+    def gather(self, admissions: Sequence[Admission]) -> tuple[np.ndarray, ...]:
+        """The states to step a batch from: one ``(layers, batch, hidden)`` array per
+        state tensor, row ``i`` from ``admissions[i]`` (zeros where it resets).
+
+        The admissions must be of distinct streams, none of which may be
+        created or evicted before the batch is committed.
+        """
+        slots = [0 if a.stream is None else a.stream.slot for a in admissions]
+        zero_rows = [i for i, a in enumerate(admissions) if a.states is self._zeros]
+        gathered = []
+        for pool in self._pools:
+            rows = pool[slots]  # (batch, layers, hidden): a copy, in slot order
+            if zero_rows:
+                rows[zero_rows] = 0.0
+            gathered.append(np.ascontiguousarray(rows.transpose(1, 0, 2)))
+        return tuple(gathered)
+
+    def commit_many(self, admissions: Sequence[Admission], msgs: Sequence[SensorMessage],
+                    new_states: Sequence[np.ndarray], now_ns: Sequence[int]) -> list[Stream]:
+        """:meth:`commit` for a batch stepped from :meth:`gather`: the bookkeeping in
+        message order, then one scatter per state tensor."""
+        streams = [self._advance(a, m, t)
+                   for a, m, t in zip(admissions, msgs, now_ns, strict=True)]
+        slots = [stream.slot for stream in streams]
+        for pool, new in zip(self._pools, new_states, strict=True):
+            pool[slots] = new.transpose(1, 0, 2)  # (layers, batch, hidden) -> rows
+        return streams
+
+    def _advance(self, admission: Admission, msg: SensorMessage, now_ns: int) -> Stream:
+        """Everything a commit does but writing the state: create or touch the stream,
+        advance its seq and step count."""
         stream = admission.stream
         if stream is None:
             stream = self._create(msg.stream, now_ns)
         else:
             self._streams.move_to_end(msg.stream)
-        for dst, src in zip(stream.states, new_states, strict=True):
-            np.copyto(dst, src)
         stream.last_seq = msg.seq
         stream.last_stamp_ns = msg.stamp_ns
         # step counts steps since the state was last zeroed (a restore does not zero it)
@@ -139,16 +188,45 @@ class StateStore:
         stream.pending_reset = None
         return stream
 
+    @property
+    def room(self) -> int:
+        """How many streams can be created before one is evicted."""
+        return self.max_streams - len(self._streams)
+
     def _create(self, name: str, now_ns: int) -> Stream:
         while len(self._streams) >= self.max_streams:
-            old_name, _ = self._streams.popitem(last=False)
+            old_name, old = self._streams.popitem(last=False)
+            self._free.append(old.slot)
             self._forget(old_name, EVICTED)
             self.evicted += 1
         self._forgotten.pop(name, None)
-        states = tuple(_zeros(spec) for spec in self.specs)
-        stream = Stream(name, states, -1, None, 0, now_ns)
+        if not self._free:
+            self._grow()
+        slot = self._free.pop()
+        states = self._views(slot)
+        for arr in states:
+            arr.fill(0.0)  # the row may have been another stream's
+        stream = Stream(name, slot, states, -1, None, 0, now_ns)
         self._streams[name] = stream
         return stream
+
+    def _views(self, slot: int) -> tuple[np.ndarray, ...]:
+        return tuple(pool[slot].reshape(spec.layers, 1, spec.hidden)
+                     for pool, spec in zip(self._pools, self.specs, strict=True))
+
+    def _grow(self) -> None:
+        """Double the pools (they are full), and point every stream at the new rows."""
+        old = len(self._pools[0])
+        new = min(2 * old, self.max_streams)
+        grown = []
+        for pool in self._pools:
+            bigger = np.zeros((new, *pool.shape[1:]), np.float32)
+            bigger[:old] = pool
+            grown.append(bigger)
+        self._pools = grown
+        self._free.extend(range(new - 1, old - 1, -1))
+        for stream in self._streams.values():
+            stream.states = self._views(stream.slot)
 
     def restore(self, name: str, states: Sequence[np.ndarray], *, last_seq: int,
                 last_stamp_ns: int | None, step: int, last_seen_ns: int,
@@ -191,6 +269,7 @@ class StateStore:
             if stream.last_seen_ns >= limit:
                 break
             del self._streams[stream.name]
+            self._free.append(stream.slot)
             self._forget(stream.name, IDLE)
             expired.append(stream)
         self.expired += len(expired)

@@ -4,10 +4,18 @@
 the runner calls it with the receive time of each message, and the offline
 evaluator with each message's log time, so the live and offline paths cannot
 drift apart.
+
+:meth:`StreamStepper.step_many` steps several waiting messages with as few
+backend calls as ordering allows: messages of distinct streams share one call;
+a second message of a stream already in the batch first closes the batch, so a
+stream's messages are stepped one after the other, in order, each from the
+state the previous one committed. The results are the same, message for
+message, as :meth:`StreamStepper.step` one at a time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +23,7 @@ import numpy as np
 from lstm_stream.backends import StepBackend
 from lstm_stream.contract import ModelContract
 from lstm_stream.protocol import STEP_FAILED, Rejection, SensorDecoder, SensorMessage
-from lstm_stream.state import StateStore
+from lstm_stream.state import Admission, StateStore
 
 
 @dataclass(slots=True)
@@ -27,6 +35,10 @@ class Stepped:
     step: int  # steps since the stream's last reset
     reset: str | None  # why the state was reset before this step
     gap: int  # seq missed just before this one
+
+
+Result = Stepped | Rejection
+Emit = Callable[[Result, int], None]  # (result, the message's receive time)
 
 
 class StreamStepper:
@@ -41,6 +53,7 @@ class StreamStepper:
                                 idle_timeout_s=idle_timeout_s, max_gap=max_gap)
         self.decoder = SensorDecoder(contract.n_features, contract.feature_names,
                                      max_message_bytes)
+        self.calls = 0  # backend calls, batched or not
 
     def step(self, frames: list[bytes], now_ns: int) -> Stepped | Rejection:
         """Step one ``[topic, payload]`` message received at ``now_ns`` (monotonic or log time).
@@ -55,10 +68,103 @@ class StreamStepper:
         if type(admission) is Rejection:
             return admission
         assert not isinstance(admission, Rejection)
+        return self._step_one(msg, admission, now_ns)
+
+    def _step_one(self, msg: SensorMessage, admission: Admission, now_ns: int) -> Result:
+        self.calls += 1
         try:
             y, new_states = self.backend.step(msg.x, admission.states)
         except Exception as err:  # a backend failure must not kill the caller
-            return Rejection(STEP_FAILED, f"the backend failed: {err}"[:300],
-                             msg.topic, msg.stream, msg.seq)
+            return _failed(msg, err)
         stream = self.store.commit(admission, msg, new_states, now_ns)
         return Stepped(msg, y, stream.step, admission.reset, admission.gap)
+
+    def step_many(self, items: Sequence[tuple[list[bytes], int]], emit: Emit, *,
+                  max_batch: int = 64) -> None:
+        """Step ``(frames, receive time)`` items, calling ``emit`` for each result
+        in the order of ``items``, as soon as the batch holding it is stepped."""
+        batch = _Batch(self, emit)
+        limit = min(max_batch, self.store.max_streams)
+        decode, admit = self.decoder.decode, self.store.admit
+        for frames, now_ns in items:
+            msg = decode(frames)
+            if type(msg) is Rejection:
+                batch.hold(msg, now_ns)
+                continue
+            assert not isinstance(msg, Rejection)  # for mypy; free at run time
+            if msg.stream in batch.names:
+                batch.flush()  # its previous message must be committed first
+            admission = admit(msg, now_ns)
+            if type(admission) is Rejection:
+                batch.hold(admission, now_ns)
+                continue
+            assert not isinstance(admission, Rejection)
+            batch.add(msg, admission, now_ns)
+            # A new stream evicts the least recently used one when the store is full:
+            # close the batch after it, so no stream of the batch is evicted before it
+            # is committed (the batch's own streams are the most recently used).
+            if len(batch.rows) >= limit or (admission.stream is None
+                                             and batch.created > self.store.room):
+                batch.flush()
+        batch.flush()
+
+
+class _Batch:
+    """Messages of distinct streams waiting for one backend call, with the
+    rejections between them, emitted in arrival order when the batch is flushed."""
+
+    def __init__(self, stepper: StreamStepper, emit: Emit) -> None:
+        self.stepper = stepper
+        self.emit = emit
+        self.entries: list[tuple[Result | None, int]] = []  # None: a row to step
+        self.rows: list[tuple[SensorMessage, Admission, int]] = []
+        self.names: set[str] = set()
+        self.created = 0  # rows that create a stream
+
+    def hold(self, rejection: Rejection, now_ns: int) -> None:
+        if self.entries:
+            self.entries.append((rejection, now_ns))
+        else:  # nothing before it is waiting: no reason to hold it
+            self.emit(rejection, now_ns)
+
+    def add(self, msg: SensorMessage, admission: Admission, now_ns: int) -> None:
+        self.entries.append((None, now_ns))
+        self.rows.append((msg, admission, now_ns))
+        self.names.add(msg.stream)
+        self.created += admission.stream is None
+
+    def flush(self) -> None:
+        if not self.entries:
+            return
+        results = iter(self._step_rows())
+        emit = self.emit
+        for held, now_ns in self.entries:
+            emit(next(results) if held is None else held, now_ns)
+        self.entries.clear()
+        self.rows.clear()
+        self.names.clear()
+        self.created = 0
+
+    def _step_rows(self) -> list[Result]:
+        rows, stepper = self.rows, self.stepper
+        if len(rows) == 1:
+            msg, admission, now_ns = rows[0]
+            return [stepper._step_one(msg, admission, now_ns)]
+        msgs = [row[0] for row in rows]
+        admissions = [row[1] for row in rows]
+        store = stepper.store
+        stepper.calls += 1
+        try:
+            y, new_states = stepper.backend.step(
+                np.concatenate([m.x for m in msgs]), store.gather(admissions))
+        except Exception:
+            # Step them one by one, so that whatever failed takes down only itself.
+            return [stepper._step_one(*row) for row in rows]
+        streams = store.commit_many(admissions, msgs, new_states, [row[2] for row in rows])
+        return [Stepped(m, y[i:i + 1], s.step, a.reset, a.gap)
+                for i, (m, a, s) in enumerate(zip(msgs, admissions, streams, strict=True))]
+
+
+def _failed(msg: SensorMessage, err: Exception) -> Rejection:
+    return Rejection(STEP_FAILED, f"the backend failed: {err}"[:300], msg.topic, msg.stream,
+                     msg.seq)
