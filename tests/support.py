@@ -22,9 +22,10 @@ Served = RunnerProcess
 
 
 @contextmanager
-def serve_process(model: Path | str, input_endpoint: str, *extra: str) -> Iterator[Served]:
+def serve_process(model: Path | str, input_endpoint: str, *extra: str,
+                  output: str | None = None) -> Iterator[Served]:
     """`lstm-stream serve` run from the repository root (where models/ lives)."""
-    with runner_process(model, input_endpoint, *extra, cwd=REPO) as served:
+    with runner_process(model, input_endpoint, *extra, cwd=REPO, output=output) as served:
         yield served
 
 

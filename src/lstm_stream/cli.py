@@ -30,6 +30,7 @@ examples:
   lstm-stream serve models/random_lstm.onnx
   lstm-stream serve --config configs/runner.toml --input tcp://127.0.0.1:6000
   lstm-stream serve --set state.idle_timeout_s=2 --set input.topics=sensors,lidar
+  lstm-stream serve --shard 0/2 --output-connect --output tcp://127.0.0.1:5556 --control tcp://127.0.0.1:5560
 
 The runner subscribes to sensor messages on --input (the vehicle stack binds
 its PUB there; use --input-bind to bind instead), runs one step per message,
@@ -94,14 +95,31 @@ def _add_serve(sub: Any) -> None:
                    help="bind the input socket instead of connecting to it")
     p.add_argument("--output", metavar="ENDPOINT", help="where outputs and diagnostics are "
                    "published (default tcp://127.0.0.1:5556, bound)")
+    p.add_argument("--output-connect", dest="output_bind", action="store_false", default=None,
+                   help="connect the output socket to a vehicle stack's bound SUB instead of "
+                   "binding it (several runners, one output endpoint)")
     p.add_argument("--control", metavar="ENDPOINT", help="control socket for status and reset "
                    "(default tcp://127.0.0.1:5557, bound)")
+    p.add_argument("--shard", metavar="INDEX/COUNT", type=_shard_arg,
+                   help="serve only shard INDEX of COUNT runners sharing the sensor endpoint "
+                   "(sets sharding.index and sharding.count; docs/architecture.md)")
     p.add_argument("--backend", choices=["onnxruntime", "numpy", "torch"],
                    help="step backend (default onnxruntime)")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default 1)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.FIELD=VALUE", help="override any config option; repeatable")
     p.set_defaults(handler=_serve)
+
+
+def _shard_arg(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    try:
+        if not sep:
+            raise ValueError
+        return int(index), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not INDEX/COUNT, such as 0/4 for the first of four runners") from None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -112,7 +130,9 @@ def _serve(args: argparse.Namespace) -> int:
     named = {"model.path": args.model, "input.endpoint": args.input,
              "input.bind": args.input_bind, "output.endpoint": args.output,
              "control.endpoint": args.control, "model.backend": args.backend,
-             "model.threads": args.threads}
+             "model.threads": args.threads, "output.bind": args.output_bind}
+    if args.shard is not None:
+        named["sharding.index"], named["sharding.count"] = args.shard
     for key, value in named.items():
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")

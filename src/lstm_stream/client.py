@@ -7,7 +7,7 @@ Python vehicle stacks.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgpack
 import zmq
@@ -101,15 +101,28 @@ class VehicleStack:
         """Connect to a runner's outputs and wait until the runner has seen the subscription."""
         self.sub.connect(output_endpoint)
         self.control_endpoint = control_endpoint
+        self.wait_runner_sees_us(control_endpoint, timeout_s)
+
+    def bind_outputs(self, endpoint: str = "tcp://127.0.0.1:*") -> str:
+        """Bind the output SUB socket, for runners started with ``--output-connect``
+        (several sharded runners publishing to one endpoint); returns the endpoint."""
+        self.sub.bind(endpoint)
+        return cast(str, self.sub.getsockopt_string(zmq.LAST_ENDPOINT))
+
+    def wait_runner_sees_us(self, control_endpoint: str, timeout_s: float = 10.0) -> None:
+        """Wait until the runner at ``control_endpoint`` has our output subscription."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            # A bound SUB attaches a new peer, and sends it our subscription, only when
+            # this thread uses the socket: libzmq runs socket commands in its owner thread.
+            self.sub.poll(0)
             reply = control_request(control_endpoint, {"cmd": "status"}, context=self.context,
                                     curve=self.curve)
             if reply.get("subscriptions"):
                 return
             time.sleep(0.02)
-        raise ControlError(f"The runner at {output_endpoint} did not see our subscription "
-                           f"within {timeout_s:g} s.")
+        raise ControlError(f"The runner with control socket {control_endpoint} did not see "
+                           f"our subscription within {timeout_s:g} s.")
 
     def send(self, payload: bytes, topic: bytes = b"sensors") -> None:
         self.pub.send_multipart([topic, payload])

@@ -139,6 +139,20 @@ class BatchingConfig:
 
 
 @dataclass
+class ShardingConfig:
+    """Which share of the streams this runner serves, when several runners share one
+    sensor endpoint (shard.py, docs/architecture.md)."""
+
+    count: int = 1  # runners sharing the streams; 1 = this runner serves every stream
+    index: int = 0  # this runner's shard, 0 .. count-1
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.count <= 65536, "sharding.count", "between 1 and 65536", self.count)
+        _check(0 <= self.index < self.count, "sharding.index",
+               f"between 0 and sharding.count - 1 = {self.count - 1}", self.index)
+
+
+@dataclass
 class SecurityConfig:
     """ZeroMQ CURVE: encryption and an allow-list of client keys (docs/security.md)."""
 
@@ -168,6 +182,7 @@ class RunnerConfig:
     control: ControlConfig = field(default_factory=ControlConfig)
     state: StateConfig = field(default_factory=StateConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
 
     def __post_init__(self) -> None:

@@ -67,10 +67,12 @@ class RunnerProcess:
 
 @contextmanager
 def runner_process(model: str | Path, input_endpoint: str, *extra: str,
-                   timeout_s: float = 20.0, cwd: str | Path | None = None
+                   timeout_s: float = 20.0, cwd: str | Path | None = None,
+                   output: str | None = None, control: str | None = None
                    ) -> Iterator[RunnerProcess]:
-    """Start ``lstm-stream serve`` and yield it once its control socket answers."""
-    output, control = free_endpoint(), free_endpoint()
+    """Start ``lstm-stream serve`` and yield it once its control socket answers
+    (output and control on free loopback ports unless given)."""
+    output, control = output or free_endpoint(), control or free_endpoint()
     cmd = [sys.executable, "-m", "lstm_stream", "serve", str(model), "--input", input_endpoint,
            "--output", output, "--control", control, *extra]
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -35,9 +35,11 @@ WRONG_LENGTH = "wrong_length"  # x does not have the model's number of features
 NON_FINITE = "non_finite"  # x holds NaN or +-Inf
 STALE_SEQ = "stale_seq"  # seq not greater than the stream's last stepped seq
 STEP_FAILED = "step_failed"  # the backend raised while stepping
+WRONG_SHARD = "wrong_shard"  # the stream belongs to another runner's shard (shard.py)
 
 REJECTION_REASONS = (FRAMES, TOPIC, OVERSIZED, NOT_MSGPACK, NOT_MAP, MISSING_KEY, BAD_TYPE,
-                     BAD_VALUE, WRONG_LENGTH, NON_FINITE, STALE_SEQ, STEP_FAILED)
+                     BAD_VALUE, WRONG_LENGTH, NON_FINITE, STALE_SEQ, STEP_FAILED,
+                     WRONG_SHARD)
 
 _NUMBER = (int, float)
 

@@ -48,6 +48,7 @@ from lstm_stream.protocol import (
     encode_output,
 )
 from lstm_stream.security.curve import ServerKeys, load_server_keys
+from lstm_stream.shard import Shard, shard_topic
 from lstm_stream.snapshot import RestoreResult, SnapshotWriter, encode_snapshot, restore
 from lstm_stream.stepper import Stepped, StreamStepper
 
@@ -88,11 +89,14 @@ class Runner:
         check_model_pin(self.contract, config.model.sha256)
         self.backend = backend or create_backend(config.model.backend, self.contract,
                                                  threads=config.model.threads)
+        sharding = config.sharding
+        self.shard = Shard(sharding.index, sharding.count) if sharding.count > 1 else None
         self.stepper = StreamStepper(self.contract, self.backend,
                                      max_streams=config.state.max_streams,
                                      idle_timeout_s=config.state.idle_timeout_s,
                                      max_gap=config.state.max_gap,
-                                     max_message_bytes=config.input.max_message_bytes)
+                                     max_message_bytes=config.input.max_message_bytes,
+                                     shard=self.shard)
         self.store = self.stepper.store
         self.counters = Counters()
         self.subscriptions: Counter[str] = Counter()
@@ -135,7 +139,7 @@ class Runner:
         self.sub.setsockopt(zmq.RCVHWM, cfg.input.rcvhwm)
         self.sub.setsockopt(zmq.MAXMSGSIZE, cfg.input.zmq_max_message_bytes)
         self.sub.setsockopt(zmq.LINGER, 0)
-        for topic in cfg.input.topics:
+        for topic in self.input_topics():
             self.sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self.pub = self.context.socket(zmq.XPUB)
         self.pub.setsockopt(zmq.SNDHWM, cfg.output.sndhwm)
@@ -164,6 +168,13 @@ class Runner:
         except Exception:
             self.close()
             raise
+
+    def input_topics(self) -> list[str]:
+        """What the input socket subscribes to: the topics, or their shard's topics."""
+        topics = self.config.input.topics
+        if self.shard is None:
+            return list(topics)
+        return [shard_topic(t, self.shard.index, self.shard.count) for t in topics]
 
     def close(self) -> None:
         if self.monitor is not None:
@@ -205,9 +216,10 @@ class Runner:
         spin_until = 0
         snapshot_every_ns = int(self.config.state.snapshot_interval_s * 1e9)
         next_snapshot = time.monotonic_ns() + snapshot_every_ns
-        log.info("ready: input %s, output %s, control %s, model %s (%s)",
-                 self.config.input.endpoint, self.config.output.endpoint,
-                 self.config.control.endpoint, self.contract.path, self.backend.name)
+        log.info("ready: input %s (topics %s), output %s, control %s, model %s (%s)",
+                 self.config.input.endpoint, ",".join(self.input_topics()),
+                 self.config.output.endpoint, self.config.control.endpoint,
+                 self.contract.path, self.backend.name)
         while not self._stop.is_set():
             spinning = busy_ns and time.monotonic_ns() < spin_until
             events = dict(poller.poll(0 if spinning else timeout_ms))
@@ -435,6 +447,7 @@ class Runner:
                       "outputs": self.contract.n_outputs},
             "received": c.received, "stepped": c.stepped, "published": c.published,
             "batches": self.stepper.calls,  # backend calls; stepped / batches = mean batch
+            "topics": self.input_topics(), "shard": None if self.shard is None else str(self.shard),
             "rejected": dict(c.rejected), "resets": dict(c.resets),
             "streams": len(self.store), "max_streams": self.store.max_streams,
             "evicted": self.store.evicted, "expired": self.store.expired,

@@ -22,7 +22,14 @@ import numpy as np
 
 from lstm_stream.backends import StepBackend
 from lstm_stream.contract import ModelContract
-from lstm_stream.protocol import STEP_FAILED, Rejection, SensorDecoder, SensorMessage
+from lstm_stream.protocol import (
+    STEP_FAILED,
+    WRONG_SHARD,
+    Rejection,
+    SensorDecoder,
+    SensorMessage,
+)
+from lstm_stream.shard import Shard, shard_of
 from lstm_stream.state import Admission, StateStore
 
 
@@ -46,7 +53,7 @@ class StreamStepper:
 
     def __init__(self, contract: ModelContract, backend: StepBackend, *,
                  max_streams: int = 1024, idle_timeout_s: float = 5.0, max_gap: int = 0,
-                 max_message_bytes: int = 65536) -> None:
+                 max_message_bytes: int = 65536, shard: Shard | None = None) -> None:
         self.contract = contract
         self.backend = backend
         self.store = StateStore(contract.states, max_streams=max_streams,
@@ -54,6 +61,7 @@ class StreamStepper:
         self.decoder = SensorDecoder(contract.n_features, contract.feature_names,
                                      max_message_bytes)
         self.calls = 0  # backend calls, batched or not
+        self.shard = shard  # serve only these streams; None: all
 
     def step(self, frames: list[bytes], now_ns: int) -> Stepped | Rejection:
         """Step one ``[topic, payload]`` message received at ``now_ns`` (monotonic or log time).
@@ -64,11 +72,21 @@ class StreamStepper:
         if type(msg) is Rejection:
             return msg
         assert not isinstance(msg, Rejection)  # for mypy; free at run time
+        if self.shard is not None and not self.shard.owns(msg.stream):
+            return self._wrong_shard(msg)
         admission = self.store.admit(msg, now_ns)
         if type(admission) is Rejection:
             return admission
         assert not isinstance(admission, Rejection)
         return self._step_one(msg, admission, now_ns)
+
+    def _wrong_shard(self, msg: SensorMessage) -> Rejection:
+        assert self.shard is not None
+        return Rejection(WRONG_SHARD, f"stream {msg.stream[:256]!r} belongs to shard "
+                         f"{shard_of(msg.stream, self.shard.count)} of {self.shard.count}, this "
+                         f"runner serves shard {self.shard}; publish it on "
+                         f"shard.topic_for(base, stream, {self.shard.count})",
+                         msg.topic, msg.stream, msg.seq)
 
     def _step_one(self, msg: SensorMessage, admission: Admission, now_ns: int) -> Result:
         self.calls += 1
@@ -92,6 +110,9 @@ class StreamStepper:
                 batch.hold(msg, now_ns)
                 continue
             assert not isinstance(msg, Rejection)  # for mypy; free at run time
+            if self.shard is not None and not self.shard.owns(msg.stream):
+                batch.hold(self._wrong_shard(msg), now_ns)
+                continue
             if msg.stream in batch.names:
                 batch.flush()  # its previous message must be committed first
             admission = admit(msg, now_ns)
