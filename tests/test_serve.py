@@ -378,3 +378,33 @@ def test_a_burst_of_many_streams_is_batched_in_order_and_exact(stack: VehicleSta
     assert got == expected  # per stream: same order, same floats
     st = status(runner)
     assert st["stepped"] == len(frames) and st["batches"] < st["stepped"]
+
+
+@pytest.mark.parametrize("runner", [("--set", "batching.max_wait_us=300000")], indirect=True)
+def test_max_wait_gathers_messages_that_arrive_later(stack: VehicleStack,
+                                                     runner: Served) -> None:
+    rng = np.random.default_rng(5)
+    ref = Reference(MODEL)
+    want = []
+    for i in range(4):  # 20 ms apart, all within the 300 ms wait of the first
+        x = features(rng)
+        stack.send(encode_sensor(0, x, stream=f"v{i}"))
+        want.append(ref.step(f"v{i}", x))
+        time.sleep(0.02)
+    got = stack.receive(4)
+    for (_, out), y in zip(got, want, strict=True):
+        np.testing.assert_allclose(out["y"], y, atol=1e-5)
+    st = status(runner)
+    assert st["stepped"] == 4 and st["batches"] == 1
+    assert min(out["latency_ns"] for _, out in got) >= 10_000_000  # the last one waited too
+
+
+@pytest.mark.parametrize("runner", [("--set", "batching.max_batch=1")], indirect=True)
+def test_max_batch_one_steps_every_message_alone(stack: VehicleStack, runner: Served) -> None:
+    rng = np.random.default_rng(6)
+    for k in range(50):
+        for i in range(10):
+            stack.send(encode_sensor(k, features(rng), stream=f"v{i}"))
+    stack.receive(500)
+    st = status(runner)
+    assert st["stepped"] == st["batches"] == 500

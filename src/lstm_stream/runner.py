@@ -160,7 +160,6 @@ class Runner:
                 zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED)
         self._receive = frame_receiver(self.sub)
         self._send = self.pub.send
-        self._queued = message_waiting(self.sub)
         try:
             _attach(self.sub, cfg.input.endpoint, cfg.input.bind, "input")
             _attach(self.pub, cfg.output.endpoint, cfg.output.bind, "output")
@@ -254,22 +253,26 @@ class Runner:
         self._stop.set()
 
     def _drain_input(self) -> None:
-        receive, queued, clock = self._receive, self._queued, time.monotonic_ns
+        # The first message of a drain is stepped at once, alone: at control-loop rates
+        # nothing is queued behind it, and asking would cost it a microsecond. What is
+        # found queued after it is a backlog, stepped in batches of distinct streams
+        # (the first one too when batching.max_wait_us asks to wait for company).
+        receive, clock = self._receive, time.monotonic_ns
         max_batch = self.config.batching.max_batch
+        batching, wait_first = max_batch > 1, max_batch > 1 and self._max_wait_ns > 0
         handled = 0
         while handled < MAX_BURST:
             try:
                 frames = receive()
             except zmq.Again:
                 return
-            t_recv = clock()
-            if max_batch == 1 or not (self._max_wait_ns or queued()):
-                self.handle(frames, t_recv)  # alone: the lowest-latency path
-                handled += 1
-                continue
-            items = [(frames, t_recv)]
-            self._take_queued(items, max_batch)
-            self.handle_batch(items)
+            items = [(frames, clock())]
+            if batching and (handled or wait_first):
+                self._take_queued(items, max_batch)
+            if len(items) == 1:
+                self.handle(frames, items[0][1])
+            else:
+                self.handle_batch(items)
             handled += len(items)
 
     def _take_queued(self, items: list[tuple[list[bytes], int]], max_batch: int) -> None:
@@ -487,20 +490,6 @@ def frame_receiver(sock: zmq.Socket[Any]) -> Callable[[], list[bytes]]:
         return frames
 
     return receive
-
-
-def message_waiting(sock: zmq.Socket[Any]) -> Callable[[], bool]:
-    """A function telling whether a message is queued on ``sock``.
-
-    Asked with plain int constants: ``sock.get(zmq.EVENTS) & zmq.POLLIN``
-    builds enum objects on every call, which costs more than the question.
-    """
-    getsockopt, events, pollin = sock.getsockopt, int(zmq.EVENTS), int(zmq.POLLIN)
-
-    def waiting() -> bool:
-        return bool(cast(int, getsockopt(events)) & pollin)
-
-    return waiting
 
 
 def check_model_pin(contract: ModelContract, pinned: str) -> None:
