@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,12 +66,16 @@ class ServerProcess:
 @contextlib.contextmanager
 def server_process(kind: str, model: str, ends: Endpoints, *, threads: int = 1,
                    pin: int | None = None, rt_priority: int | None = None,
-                   busy_poll_us: int = 0) -> Iterator[ServerProcess]:
-    """Start ``serve`` (kind 'runner') or a comparison server, pinned and prioritised."""
+                   busy_poll_us: int = 0, runner_sets: Sequence[str] = ()
+                   ) -> Iterator[ServerProcess]:
+    """Start ``serve`` (kind 'runner', with ``--set`` ``runner_sets``) or a comparison
+    server, pinned and prioritised."""
     if kind == "runner":
         cmd = [sys.executable, "-m", "lstm_stream", "--log-level", "warning", "serve", model,
                "--input", ends.input, "--output", ends.output, "--control", ends.control,
                "--threads", str(threads), "--set", f"input.busy_poll_us={busy_poll_us}"]
+        for item in runner_sets:
+            cmd += ["--set", item]
     else:
         cmd = [sys.executable, "-m", "lstm_stream.bench.servers", "--impl", kind,
                "--model", model, "--input", ends.input, "--output", ends.output,

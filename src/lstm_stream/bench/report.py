@@ -12,14 +12,15 @@ import numpy as np
 
 from lstm_stream.bench.e2e import measure
 from lstm_stream.bench.platform import platform_record
-from lstm_stream.bench.step import RUNNER_PATH, _has_torch, step_suite
-from lstm_stream.contract import load_contract
+from lstm_stream.bench.step import RUNNER_PATH, has_torch, step_suite
+from lstm_stream.contract import ModelContract, load_contract
 from lstm_stream.progress import NullProgress, Progress
 
 log = logging.getLogger(__name__)
 
 FLOOR_A = "echo"  # bare ZeroMQ echo: receive, decode, encode, send
 FLOOR_B = "floor b: bare InferenceSession.run"
+QS = ("p50", "p90", "p99", "p99.9", "max")  # the latency columns of every table
 
 
 @dataclass
@@ -45,7 +46,7 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
     """Run every measurement; returns the report (raw latencies under ``raw``)."""
     progress = progress or NullProgress()
     contract = load_contract(settings.model)
-    servers = [s for s in settings.servers if s != "naive-torch" or _has_torch()]
+    servers = [s for s in settings.servers if s != "naive-torch" or has_torch()]
     configs = [(t, s, r) for t in settings.transports for r in settings.rates for s in servers]
     progress.start("bench", total=1 + len(configs))
     started = time.time()
@@ -65,7 +66,6 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
         e2e.append(result)
         progress.advance(1, status=f"{server} {transport} {rate_label(rate)}")
     progress.close()
-    state = contract.states[0]
     return {
         "platform": platform_record({
             "rates_hz": list(settings.rates), "duration_s": settings.duration_s,
@@ -73,16 +73,22 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
             "warmup": settings.warmup, "threads": settings.threads, "pin_runner": settings.pin,
             "pin_load": settings.pin_load, "rt_priority": settings.rt_priority,
             "busy_poll_us": settings.busy_poll_us}),
-        "model": {"path": settings.model, "sha256": contract.sha256, "cell": contract.cell,
-                  "layers": state.layers, "hidden": state.hidden,
-                  "features": contract.n_features, "outputs": contract.n_outputs,
-                  "sensor_payload_bytes": sensor_payload_bytes(contract.n_features)},
+        "model": model_record(settings.model, contract),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "step": steps,
         "e2e": e2e,
         "verdict": verdict(steps, e2e),
         "raw": raw,
     }
+
+
+def model_record(path: str, contract: ModelContract) -> dict[str, Any]:
+    """The model's identity and shape, as every report records it."""
+    state = contract.states[0]
+    return {"path": path, "sha256": contract.sha256, "cell": contract.cell,
+            "layers": state.layers, "hidden": state.hidden, "features": contract.n_features,
+            "outputs": contract.n_outputs,
+            "sensor_payload_bytes": sensor_payload_bytes(contract.n_features)}
 
 
 def sensor_payload_bytes(n_features: int) -> int:
@@ -133,50 +139,57 @@ def verdict(steps: dict[str, Any], e2e: list[dict[str, Any]]) -> list[dict[str, 
 
 def render(report: dict[str, Any]) -> str:
     """The report as text: platform, step latency, end-to-end table, verdict."""
-    p, m = report["platform"], report["model"]
-    v = p["versions"]
     lines = [
-        f"lstm-stream bench  {report['started']}",
-        f"machine   {p['cpu']}, {p['cores']} cores, governor {p['governor'] or 'n/a'}, "
-        f"{p['kernel']} {p['machine']}",
-        f"software  python {v['python']}, numpy {v['numpy']}, onnxruntime {v['onnxruntime']}, "
-        f"pyzmq {v['pyzmq']} (libzmq {v['libzmq']}), torch {v['torch']}",
-        f"settings  threads {p['settings']['threads']}, pin runner "
-        f"{p['settings']['pin_runner']}, pin load {p['settings']['pin_load']}, rt "
-        f"{p['settings']['rt_priority']}, busy poll {p['settings']['busy_poll_us']} us "
-        "(all servers), warm-up discarded",
-        f"model     {m['path']}: {m['cell']} {m['layers']}x{m['hidden']}, {m['features']} "
-        f"features -> {m['outputs']} outputs; sensor payload {m['sensor_payload_bytes']} B",
+        *render_platform(report, "lstm-stream bench"),
         "",
         "step latency in process (us)",
-        _table(["", "p50", "p90", "p99", "p99.9", "max", "n"],
-               [[name, *(s.get(k, "") for k in ("p50", "p90", "p99", "p99.9", "max", "count"))]
-                for name, s in report["step"].items()]),
+        render_table(["", "p50", "p90", "p99", "p99.9", "max", "n"],
+                     [[name, *(s.get(k, "") for k in (*QS, "count"))]
+                      for name, s in report["step"].items()]),
         "",
         "end to end over ZeroMQ (us): sensor sent -> output received, same clock",
-        _table(["server", "transport", "rate", "p50", "p90", "p99", "p99.9", "max", "sent",
-                "lost", "jitter p99", "cpu %", "rss MB"],
-               [[r["server"], r["transport"], rate_label(r["rate_hz"]),
-                 *(r["latency_us"].get(k, "") for k in ("p50", "p90", "p99", "p99.9", "max")),
-                 r["sent"], r["lost"], r["send_jitter_us"].get("p99", ""),
-                 r.get("server_cpu_percent", ""), r.get("server_rss_mb", "")]
-                for r in report["e2e"]]),
+        render_table(["server", "transport", "rate", *QS, "sent", "lost", "jitter p99",
+                      "cpu %", "rss MB"],
+                     [[r["server"], r["transport"], rate_label(r["rate_hz"]),
+                       *(r["latency_us"].get(k, "") for k in QS),
+                       r["sent"], r["lost"], r["send_jitter_us"].get("p99", ""),
+                       r.get("server_cpu_percent", ""), r.get("server_rss_mb", "")]
+                      for r in report["e2e"]]),
         "",
         "runner vs floors (a) bare ZeroMQ echo + (b) bare InferenceSession.run",
-        _table(["transport", "rate", "p50 runner", "p50 floors", "ratio", "p99 runner",
-                "p99 floors", "ratio", "in runner p50", "lost", "start-up s", "rss MB"],
-               [[r["transport"], r["rate"], r.get("p50_runner_us", ""),
-                 r.get("p50_floors_us", ""), r.get("p50_ratio", ""), r.get("p99_runner_us", ""),
-                 r.get("p99_floors_us", ""), r.get("p99_ratio", ""),
-                 r.get("in_server_p50_us", ""), r["lost"],
-                 round(r["startup_s"], 3) if r["startup_s"] else "", r["server_rss_mb"]]
-                for r in report["verdict"]]),
+        render_table(["transport", "rate", "p50 runner", "p50 floors", "ratio", "p99 runner",
+                      "p99 floors", "ratio", "in runner p50", "lost", "start-up s", "rss MB"],
+                     [[r["transport"], r["rate"], r.get("p50_runner_us", ""),
+                       r.get("p50_floors_us", ""), r.get("p50_ratio", ""),
+                       r.get("p99_runner_us", ""),
+                       r.get("p99_floors_us", ""), r.get("p99_ratio", ""),
+                       r.get("in_server_p50_us", ""), r["lost"],
+                       round(r["startup_s"], 3) if r["startup_s"] else "", r["server_rss_mb"]]
+                      for r in report["verdict"]]),
         "",
         "ratio: runner / (floor a + floor b); in runner p50: receive -> publish inside the "
         "live runner (its latency_ns).",
         _overhead_line(report),
     ]
     return "\n".join(lines)
+
+
+def render_platform(report: dict[str, Any], title: str) -> list[str]:
+    """The platform record's lines that head every report: machine, software, settings."""
+    p, m = report["platform"], report["model"]
+    v, s = p["versions"], p["settings"]
+    return [
+        f"{title}  {report['started']}",
+        f"machine   {p['cpu']}, {p['cores']} cores, governor {p['governor'] or 'n/a'}, "
+        f"{p['kernel']} {p['machine']}",
+        f"software  python {v['python']}, numpy {v['numpy']}, onnxruntime {v['onnxruntime']}, "
+        f"pyzmq {v['pyzmq']} (libzmq {v['libzmq']}), torch {v['torch']}",
+        f"settings  threads {s['threads']}, pin runner {s['pin_runner']}, pin load "
+        f"{s['pin_load']}, rt {s['rt_priority']}, busy poll {s['busy_poll_us']} us "
+        "(all servers), warm-up discarded",
+        f"model     {m['path']}: {m['cell']} {m['layers']}x{m['hidden']}, {m['features']} "
+        f"features -> {m['outputs']} outputs; sensor payload {m['sensor_payload_bytes']} B",
+    ]
 
 
 def _overhead_line(report: dict[str, Any]) -> str:
@@ -188,7 +201,8 @@ def _overhead_line(report: dict[str, Any]) -> str:
             f"p50: {path['p50'] - bare['p50']:.2f} us  ({path['p50']:.2f} - {bare['p50']:.2f})")
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def render_table(header: list[str], rows: list[list[Any]]) -> str:
+    """Columns padded to their widest cell; the first left-aligned, the rest right."""
     cells = [header, *[[_fmt(c) for c in row] for row in rows]]
     widths = [max(len(str(row[i])) for row in cells) for i in range(len(header))]
     return "\n".join("  ".join(str(c).rjust(w) if i else str(c).ljust(w)

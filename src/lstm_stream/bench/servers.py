@@ -5,6 +5,12 @@ and ``naive-torch`` are what a user would write instead of lstm-stream: a
 Python loop around a default ``InferenceSession`` (state fed back through a
 dict) or around ``torch.nn.LSTM`` keeping ``(h, c)`` per stream.
 
+``decode`` is floor (a') of the throughput suite: the most messages per second
+a Python process can take off a ZeroMQ socket and msgpack-decode. It drains
+its socket in bursts with the cheapest pyzmq calls, and, only so that the load
+generator can count and time every message, answers each one with the same
+output map as ``echo`` (no model, no state, no validation).
+
 Run as ``python -m lstm_stream.bench.servers --impl echo --model M --input EP
 --output EP``; the load generator in :mod:`.e2e` drives them all the same way.
 """
@@ -25,6 +31,8 @@ import zmq
 from lstm_stream.contract import load_contract
 
 Step = Callable[[str, np.ndarray], list[float]]
+IMPLS = ("echo", "decode", "naive-ort", "naive-torch")
+MAX_BURST = 256  # messages the decode server receives between checks for SIGTERM
 
 
 def echo_step(n_outputs: int) -> Step:
@@ -112,14 +120,66 @@ def serve(step: Step, input_endpoint: str, output_endpoint: str, topic: bytes,
     ctx.term()
 
 
+def serve_decode(n_outputs: int, input_endpoint: str, output_endpoint: str, topic: bytes,
+                 busy_poll_us: int = 0) -> None:
+    """Floor (a'): receive and decode as fast as Python can, answering like ``echo``.
+
+    Unlike :func:`serve` it does not poll before every message: after one poll
+    it receives until the socket is empty (at most ``MAX_BURST`` messages, so
+    SIGTERM is seen), with two ``recv``/``send`` calls instead of the slower
+    ``*_multipart`` helpers. Both are what a throughput-minded server does, so
+    its rate is the ceiling a Python server behind these sockets can expect.
+    """
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"sensors")
+    sub.setsockopt(zmq.RCVHWM, 10000)
+    sub.connect(input_endpoint)
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 10000)
+    pub.bind(output_endpoint)
+    running = [True]
+    signal.signal(signal.SIGTERM, lambda *_: running.__setitem__(0, False))
+    pack, unpack = msgpack.Packer(use_bin_type=True).pack, msgpack.unpackb
+    recv, send, more, noblock = sub.recv, pub.send, zmq.SNDMORE, zmq.NOBLOCK
+    clock = time.monotonic_ns
+    zeros = [0.0] * n_outputs
+    busy_ns, spin_until = busy_poll_us * 1000, 0
+    while running[0]:
+        spinning = busy_ns and clock() < spin_until
+        if not sub.poll(0 if spinning else 100):
+            continue
+        for _ in range(MAX_BURST):
+            try:
+                recv(noblock)  # the topic frame
+            except zmq.Again:
+                break
+            payload = recv()
+            t0 = clock()
+            body = unpack(payload)
+            send(topic, more)
+            send(pack({"stream": body.get("stream", "sensors"), "seq": body["seq"],
+                       "stamp_ns": body.get("stamp_ns"), "y": zeros, "step": 0,
+                       "reset": None, "gap": 0, "latency_ns": clock() - t0}))
+        if busy_ns:
+            spin_until = clock() + busy_ns
+    sub.close(0)
+    pub.close(0)
+    ctx.term()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--impl", choices=["echo", "naive-ort", "naive-torch"], required=True)
+    p.add_argument("--impl", choices=IMPLS, required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--busy-poll-us", type=int, default=0)
     args = p.parse_args(argv)
+    if args.impl == "decode":
+        serve_decode(load_contract(args.model).n_outputs, args.input, args.output, b"policy",
+                     args.busy_poll_us)
+        return 0
     if args.impl == "echo":
         step = echo_step(load_contract(args.model).n_outputs)
     elif args.impl == "naive-ort":

@@ -166,7 +166,7 @@ def step_suite(contract: ModelContract, *, steps: int, warmup: int, batches: tup
                threads: int = 1, with_torch: bool = True) -> dict[str, Any]:
     """Step latency of every backend at every batch size, plus floor (b) and naive loops."""
     results: dict[str, Any] = {}
-    backends = ["onnxruntime", "numpy"] + (["torch"] if with_torch and _has_torch() else [])
+    backends = ["onnxruntime", "numpy"] + (["torch"] if with_torch and has_torch() else [])
     for name in backends:
         for batch in batches:
             n = steps if name == "onnxruntime" else max(200, steps // 10)
@@ -181,13 +181,13 @@ def step_suite(contract: ModelContract, *, steps: int, warmup: int, batches: tup
         bare_run(contract, max(200, steps // 10), warmup, threads, idle_s=0.001))
     results["naive: default InferenceSession loop"] = summarize_ns(
         naive_ort(contract, steps, warmup))
-    if with_torch and _has_torch():
+    if with_torch and has_torch():
         results["naive: torch.nn.LSTM loop"] = summarize_ns(
             naive_torch(contract, max(200, steps // 2), warmup))
     return results
 
 
-def _has_torch() -> bool:
+def has_torch() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("torch") is not None
