@@ -11,7 +11,9 @@ With a target topic the outputs are scored (MAE, RMSE, max error per stream and
 overall) against targets aligned by (stream, seq); :func:`check_reference` is the
 regression check of an output file against a reference file.
 Many logs are evaluated in parallel processes (spawned; only paths and small
-dicts cross the process boundary).
+dicts cross the process boundary), or with ``ray_address`` as one task per log
+on a Ray cluster (:mod:`lstm_stream.cluster`); both run :func:`evaluate_log_plain`
+and gather with :func:`results_from_plain`, so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -329,8 +331,14 @@ def evaluate_log(path: str | Path, options: EvalOptions,
     return _LogEvaluation(Path(path), options).run(progress or NullProgress())
 
 
-def _worker(path: str, options: dict[str, Any]) -> dict[str, Any] | str:
-    """Entry point in a worker process: a plain dict back, or an error's message."""
+def evaluate_log_plain(path: str, options: dict[str, Any]) -> dict[str, Any] | str:
+    """One log with plain data in and out: what a worker process or a Ray task runs.
+
+    Only a path, the options as a dict and the result as a JSON-able dict (or the
+    error's message, so that one bad log does not stop the others) cross the
+    process boundary: no objects of ours are pickled, and the local pool and the
+    cluster run exactly this function.
+    """
     try:
         return asdict(evaluate_log(path, EvalOptions(**options)))
     except LstmStreamError as err:
@@ -338,14 +346,32 @@ def _worker(path: str, options: dict[str, Any]) -> dict[str, Any] | str:
 
 
 def _result_from_dict(data: dict[str, Any]) -> LogResult:
+    data = dict(data)
     streams = [StreamResult(s["stream"], s["stepped"], s["rejected"], s["resets"],
                             ErrorSums(**s["errors"])) for s in data.pop("streams")]
     return LogResult(**data, streams=streams)
 
 
+def results_from_plain(outputs: Sequence[dict[str, Any] | str]) -> list[LogResult]:
+    """The results of :func:`evaluate_log_plain`, in order; one error naming every failed log.
+
+    Raised only after every log has run, so that a damaged log costs the run its
+    report but not the outputs of the others.
+    """
+    errors = [out for out in outputs if isinstance(out, str)]
+    if errors:
+        raise EvaluationError("; ".join(errors))
+    return [_result_from_dict(out) for out in outputs if not isinstance(out, str)]
+
+
 def evaluate(paths: Sequence[str | Path], options: EvalOptions, *, workers: int = 1,
-             progress: Progress | None = None) -> EvalReport:
-    """Evaluate every log (in ``workers`` processes when > 1) and write the report."""
+             progress: Progress | None = None, ray_address: str | None = None) -> EvalReport:
+    """Evaluate every log and write the report.
+
+    Logs run in this process, in ``workers`` local processes when > 1, or with
+    ``ray_address`` (``HOST:PORT`` or ``auto``) as one task per log on that Ray
+    cluster; the report is the same whichever way they ran.
+    """
     from lstm_stream.contract import load_contract
 
     progress = progress or NullProgress()
@@ -356,7 +382,11 @@ def evaluate(paths: Sequence[str | Path], options: EvalOptions, *, workers: int 
         raise EvaluationError("Two logs have the same file name, so their outputs would "
                               "overwrite each other; rename one or evaluate them separately.")
     sha = load_contract(options.model).sha256  # fail early on a bad model, in this process
-    if workers > 1 and len(paths) > 1:
+    if ray_address is not None:
+        from lstm_stream.cluster import evaluate_on_ray  # imports ray: only when asked for
+
+        results = results_from_plain(evaluate_on_ray(paths, options, ray_address, progress))
+    elif workers > 1 and len(paths) > 1:
         results = _evaluate_parallel(paths, options, workers, progress)
     else:
         results = [evaluate_log(p, options, progress) for p in paths]
@@ -370,21 +400,14 @@ def _evaluate_parallel(paths: Sequence[str | Path], options: EvalOptions, worker
                        progress: Progress) -> list[LogResult]:
     ctx = multiprocessing.get_context("spawn")  # no fork: onnxruntime and zmq hold threads
     progress.start("eval logs", len(paths))
-    results: list[LogResult] = []
-    errors: list[str] = []
+    outputs: list[dict[str, Any] | str] = []
     with ctx.Pool(min(workers, len(paths))) as pool:
-        jobs = [pool.apply_async(_worker, (str(p), asdict(options))) for p in paths]
+        jobs = [pool.apply_async(evaluate_log_plain, (str(p), asdict(options))) for p in paths]
         for job in jobs:
-            out = job.get()
-            if isinstance(out, str):
-                errors.append(out)
-            else:
-                results.append(_result_from_dict(out))
+            outputs.append(job.get())
             progress.advance(1)
     progress.close()
-    if errors:
-        raise EvaluationError("; ".join(errors))
-    return results
+    return results_from_plain(outputs)
 
 
 # -- the report --------------------------------------------------------------------

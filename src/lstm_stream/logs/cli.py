@@ -48,10 +48,13 @@ examples:
   lstm-stream eval drive.mcap --model models/policy.onnx --target-topic controls --report out/
   lstm-stream eval drive.mcap --model models/policy.onnx --reference ref/drive.policy.mcap
   lstm-stream eval logs/*.mcap --model models/policy.onnx --workers 4 --report out/
+  lstm-stream eval /shared/logs/*.mcap --model models/policy.onnx --report /shared/out/ --ray auto
 
 Outputs are written as <log>.policy.mcap beside each log (or into --report).
 With --reference the outputs must equal the reference within |a-b| <=
 max(atol, rtol*max(|a|,|b|)); latency fields are never compared.
+With --ray (the [cluster] extra) each log is one task on that Ray cluster; logs
+and --report must be on storage every node reads (docs/logs.md).
 """
 
 
@@ -278,6 +281,9 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("--ignore", action="append", default=[], metavar="FIELD[,FIELD]",
                    help="output fields not compared (latency_ns never is)")
     p.add_argument("--workers", type=int, default=1, help="parallel processes for many logs")
+    p.add_argument("--ray", metavar="ADDRESS", help="run one task per log on the Ray cluster "
+                   "at HOST:PORT, or auto (RAY_ADDRESS or a head on this machine); needs "
+                   "the [cluster] extra")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=_eval)
 
@@ -289,6 +295,10 @@ def _eval(args: argparse.Namespace) -> int:
     _library("lstm_stream.logs.reader")
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1; got {args.workers}.")
+    if args.ray is not None and args.workers > 1:
+        raise ConfigError("Give either --ray (the cluster decides how many logs run at once) "
+                          "or --workers (local processes), not both; got --workers "
+                          f"{args.workers} with --ray {args.ray}.")
     if args.update_reference and not args.reference:
         raise ConfigError("--update-reference needs --reference PATH (where to write it).")
     overrides = list(args.overrides)
@@ -303,7 +313,8 @@ def _eval(args: argparse.Namespace) -> int:
         max_streams=cfg.state.max_streams, idle_timeout_s=cfg.state.idle_timeout_s,
         max_gap=cfg.state.max_gap, max_message_bytes=cfg.input.max_message_bytes,
         output_topic=cfg.output.topic, diagnostics_topic=cfg.output.diagnostics_topic)
-    report = evaluate.evaluate(args.logs, options, workers=args.workers, progress=_progress())
+    report = evaluate.evaluate(args.logs, options, workers=args.workers, progress=_progress(),
+                               ray_address=args.ray)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
     else:
