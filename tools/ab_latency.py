@@ -1,0 +1,95 @@
+"""Did a change make the runner slower? `lstm-stream bench` on two revisions, interleaved.
+
+One bench run is one sample on a shared machine: its ratios move by +-0.2 from
+run to run. To compare two revisions of the runner, this runs the same bench
+command alternately on a baseline revision (checked out into a temporary git
+worktree) and on the working tree, ``--rounds`` times each, so that both see
+the same drift of the machine, and prints each round and the medians:
+
+    python tools/ab_latency.py --baseline cb23943 --rounds 3
+    python tools/ab_latency.py --baseline HEAD~1 -- --servers echo,runner --rate 1000 --duration 5
+
+Everything after ``--`` is passed to ``lstm-stream bench`` (default: echo and
+runner at 1 kHz and closed loop, 5 s each). Both revisions run with this
+checkout's virtual environment; only the ``lstm_stream`` package differs
+(``PYTHONPATH``), and every ``serve`` the bench starts inherits it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_BENCH = ["--servers", "echo,runner", "--rate", "1000", "--rate", "0", "--duration", "5"]
+FIELDS = ("p50_runner_us", "p50_ratio", "p99_runner_us", "p99_ratio", "in_server_p50_us",
+          "overhead_p50_us")
+
+
+def bench_once(src: Path, bench_args: list[str], out: Path) -> list[dict[str, Any]]:
+    """One ``lstm-stream bench`` with the package from ``src``; its verdict rows."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    cmd = [sys.executable, "-m", "lstm_stream", "--log-level", "warning", "bench", *bench_args,
+           "--json", str(out)]
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+    report = json.loads(out.read_text())
+    rows: list[dict[str, Any]] = report["verdict"]
+    return rows
+
+
+def _median(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    return f"{statistics.median(known):.2f}" if known else "-"
+
+
+def worktree(rev: str, where: Path) -> Path:
+    subprocess.run(["git", "worktree", "add", "--detach", str(where), rev], cwd=REPO,
+                   check=True, capture_output=True)
+    return where
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    bench_args = DEFAULT_BENCH
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, bench_args = argv[:cut], argv[cut + 1:]
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline", required=True, help="git revision to compare against")
+    p.add_argument("--rounds", type=int, default=3, help="runs of each revision (default 3)")
+    args = p.parse_args(argv)
+    results: dict[str, list[list[dict[str, Any]]]] = {"baseline": [], "working tree": []}
+    with tempfile.TemporaryDirectory(prefix="lstm-stream-ab-") as tmp:
+        base = worktree(args.baseline, Path(tmp) / "baseline")
+        try:
+            sources = {"baseline": base / "src", "working tree": REPO / "src"}
+            for k in range(args.rounds):
+                for name, src in sources.items():
+                    rows = bench_once(src, bench_args, Path(tmp) / "out.json")
+                    results[name].append(rows)
+                    print(f"round {k + 1} {name:>12}: " + "  ".join(
+                        f"{r['rate']}: p50 {r['p50_runner_us']:.1f} us (x{r['p50_ratio']:.2f})"
+                        f" p99 {r['p99_runner_us']:.1f} us (x{r['p99_ratio']:.2f})"
+                        for r in rows), flush=True)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO,
+                           capture_output=True)
+    print(f"\nmedians over {args.rounds} rounds (baseline {args.baseline}):")
+    print(f"{'rate':>18} {'revision':>12} " + " ".join(f"{f:>16}" for f in FIELDS))
+    for i, row in enumerate(results["baseline"][0]):
+        for name, runs in results.items():
+            medians = [_median([run[i].get(f) for run in runs]) for f in FIELDS]
+            print(f"{row['rate']:>18} {name:>12} " + " ".join(f"{m:>16}" for m in medians))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
