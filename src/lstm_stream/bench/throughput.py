@@ -609,7 +609,7 @@ def plot_throughput(report: dict[str, Any], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
     transports = sorted({r["transport"] for r in report["throughput"]})
     for transport in transports:
         for kind in KNOWN_SERVERS:
@@ -632,7 +632,7 @@ def plot_throughput(report: dict[str, Any], path: str | Path) -> None:
     ax.set_xlabel("streams")
     ax.set_ylabel("steps per second")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the lines
     m = report["model"]
     ax.set_title(f"lstm-stream bench --throughput: {m['cell']} {m['layers']}x{m['hidden']}, "
                  f"{report['platform']['cpu']}", fontsize=9)
