@@ -7,7 +7,7 @@ a stream half-updated:
    message may be stepped, which state it starts from (the stream's own or
    zeros after a reset), why a reset happened and how many seq were missed.
 2. After the backend has stepped, :meth:`StateStore.commit` writes the new state
-   into the stream's preallocated arrays and advances its seq.
+   into the stream's row of the state pool and advances its seq.
 
 If the step fails, nothing is committed: the stream is exactly as it was.
 
