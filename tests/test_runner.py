@@ -35,9 +35,18 @@ class FailingOnPoison(OnnxRuntimeBackend):
 
     def step(self, x: np.ndarray, states: Sequence[np.ndarray]
              ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        if (x[:, 0] == POISON).any():
-            raise RuntimeError("simulated backend failure")
+        _refuse_poison(x)
         return super().step(x, states)
+
+    def step_one(self, x: np.ndarray, states: Sequence[np.ndarray]
+                 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        _refuse_poison(x)
+        return super().step_one(x, states)
+
+
+def _refuse_poison(x: np.ndarray) -> None:
+    if (x[:, 0] == POISON).any():
+        raise RuntimeError("simulated backend failure")
 
 
 @pytest.fixture

@@ -135,9 +135,16 @@ def test_distinct_streams_share_one_call_and_repeats_split_it(contract: ModelCon
 def test_a_failing_row_takes_down_only_itself(contract: ModelContract) -> None:
     class FailsOnNaNish(type(create_backend("onnxruntime", contract))):  # type: ignore[misc]
         def step(self, x: np.ndarray, states: Sequence[np.ndarray]) -> Any:
-            if (x[:, 0] == 999.0).any():
-                raise RuntimeError("simulated backend failure")
+            _refuse(x)
             return super().step(x, states)
+
+        def step_one(self, x: np.ndarray, states: Sequence[np.ndarray]) -> Any:
+            _refuse(x)
+            return super().step_one(x, states)
+
+    def _refuse(x: np.ndarray) -> None:
+        if (x[:, 0] == 999.0).any():
+            raise RuntimeError("simulated backend failure")
 
     stepper = StreamStepper(contract, FailsOnNaNish(contract))
     reference = _stepper(contract, 1024)

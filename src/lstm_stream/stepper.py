@@ -91,7 +91,7 @@ class StreamStepper:
     def _step_one(self, msg: SensorMessage, admission: Admission, now_ns: int) -> Result:
         self.calls += 1
         try:
-            y, new_states = self.backend.step(msg.x, admission.states)
+            y, new_states = self.backend.step_one(msg.x, admission.states)
         except Exception as err:  # a backend failure must not kill the caller
             return _failed(msg, err)
         stream = self.store.commit(admission, msg, new_states, now_ns)

@@ -327,3 +327,28 @@ def test_backends_run_the_bytes_that_were_hashed(model_factory: Any) -> None:
         np.testing.assert_allclose(got, want, atol=1e-5, err_msg=name)
     assert not np.allclose(create_backend("onnxruntime", load_contract(path)).step(x, zeros)[0],
                            want, atol=1e-5)  # the new file really is another model
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_onnxruntime_bound_batch1_equals_run_bit_for_bit(model_factory: Any, model: str
+                                                         ) -> None:
+    """step_one (IOBinding over reused buffers) gives exactly what step gives, and the
+    y it returns is the caller's: not overwritten by the next step."""
+    path = model_factory(**MODELS[model], hidden=16, features=8, outputs=3, seed=4)
+    contract = load_contract(path)
+    backend = create_backend("onnxruntime", contract)
+    assert getattr(backend, "_bound", None) is not None  # the fast path is in use
+    xs = inputs(contract, batch=1, steps=20)
+    want = run_steps(backend, contract, xs)
+    states: Sequence[np.ndarray] = [np.zeros((s.layers, 1, s.hidden), np.float32)
+                                    for s in contract.states]
+    ys = []
+    for t, x in enumerate(xs):
+        y, new = backend.step_one(x, states)
+        ys.append(y)
+        np.testing.assert_array_equal(y, want[t][0])
+        for s, s_want in zip(new, want[t][1], strict=True):
+            np.testing.assert_array_equal(s, s_want)
+        states = [np.array(s) for s in new]  # the buffers are the backend's: copy, as commit does
+    for t, y in enumerate(ys):
+        np.testing.assert_array_equal(y, want[t][0])

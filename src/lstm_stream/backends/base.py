@@ -32,6 +32,14 @@ class StepBackend(ABC):
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """One step for a batch of independent rows."""
 
+    def step_one(
+        self, x: np.ndarray, states: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """One step of batch 1, the hot path of ``serve``: ``y`` is the caller's, but the
+        returned states may be the backend's own buffers, valid only until the next
+        call (the state store copies them at once). Same results as :meth:`step`."""
+        return self.step(x, states)
+
 
 StepFn = Callable[[np.ndarray, Sequence[np.ndarray]], tuple[np.ndarray, tuple[np.ndarray, ...]]]
 

@@ -9,6 +9,7 @@ between messages, and the graph optimised once at load time.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import numpy as np
@@ -19,6 +20,17 @@ from lstm_stream.contract import INPUT_NAME, OUTPUT_NAME, ModelContract
 from lstm_stream.errors import BackendError
 
 Runner = Callable[[list[str], dict[str, Any]], list[np.ndarray]]
+
+
+@dataclass(slots=True)
+class _Batch1:
+    """The arrays a batch-1 IOBinding reads from and writes to."""
+
+    x: np.ndarray  # (1, features)
+    states: tuple[np.ndarray, ...]  # each (layers, 1, hidden)
+    y: np.ndarray  # (1, outputs)
+    new_states: tuple[np.ndarray, ...]
+    io: Any = None  # the onnxruntime IOBinding over them
 
 
 def session_options(threads: int = 1) -> ort.SessionOptions:
@@ -57,6 +69,7 @@ class OnnxRuntimeBackend(StepBackend):
         # One feeds dict reused for every call: the hot path only rebinds values.
         self._feeds: dict[str, Any] = {}
         self._run = self._fast_run()
+        self._bound = self._bind_batch1()
 
     def _fast_run(self) -> Runner:
         """The session's C++ ``run``, skipping the Python wrapper's per-call checks.
@@ -84,6 +97,57 @@ class OnnxRuntimeBackend(StepBackend):
             return public
         fast_run = binding.run
         return cast(Runner, lambda names, inputs: fast_run(names, inputs, None))
+
+    def _bind_batch1(self) -> _Batch1 | None:
+        """Batch-1 inputs and outputs bound once to preallocated arrays (IOBinding).
+
+        A ``run`` converts every input to an OrtValue and allocates every output;
+        with the arrays bound once, a step only copies x and the state in and
+        reads the outputs where onnxruntime wrote them: about 2 us less per
+        step here, and no allocation. Probed once against ``run`` with random
+        inputs; on any difference or error, :meth:`step` is used instead.
+        """
+        c = self.contract
+        rng = np.random.default_rng(0)
+        bound = _Batch1(
+            np.zeros((1, c.n_features), np.float32),
+            tuple(np.zeros((s.layers, 1, s.hidden), np.float32) for s in c.states),
+            np.zeros((1, c.n_outputs), np.float32),
+            tuple(np.zeros((s.layers, 1, s.hidden), np.float32) for s in c.states))
+        try:
+            io = self.session.io_binding()
+            io.bind_ortvalue_input(INPUT_NAME, ort.OrtValue.ortvalue_from_numpy(bound.x))
+            for spec, arr in zip(c.states, bound.states, strict=True):
+                io.bind_ortvalue_input(spec.input, ort.OrtValue.ortvalue_from_numpy(arr))
+            io.bind_ortvalue_output(OUTPUT_NAME, ort.OrtValue.ortvalue_from_numpy(bound.y))
+            for spec, arr in zip(c.states, bound.new_states, strict=True):
+                io.bind_ortvalue_output(spec.output, ort.OrtValue.ortvalue_from_numpy(arr))
+            bound.io = io
+            x = rng.normal(size=bound.x.shape).astype(np.float32)
+            states = [rng.normal(size=a.shape).astype(np.float32) for a in bound.states]
+            y, new = self._bound_step(bound, x, states)
+            want_y, want_new = self.step(x, states)
+            same = np.array_equal(y, want_y) and all(
+                np.array_equal(a, b) for a, b in zip(new, want_new, strict=True))
+        except Exception:  # an onnxruntime without IOBinding on CPU: use run
+            return None
+        return bound if same else None
+
+    def _bound_step(self, bound: _Batch1, x: np.ndarray, states: Sequence[np.ndarray]
+                    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        np.copyto(bound.x, x)
+        for buf, value in zip(bound.states, states, strict=True):
+            np.copyto(buf, value)
+        self.session.run_with_iobinding(bound.io)
+        return bound.y.copy(), bound.new_states
+
+    def step_one(
+        self, x: np.ndarray, states: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        bound = self._bound
+        if bound is None:
+            return self.step(x, states)
+        return self._bound_step(bound, x, states)
 
     def step(
         self, x: np.ndarray, states: Sequence[np.ndarray]
