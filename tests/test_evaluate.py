@@ -116,6 +116,20 @@ def test_workers_give_the_same_outputs(tmp_path: Path) -> None:
         name = log.name.replace(".mcap", ".policy.mcap")
         assert (tmp_path / "s" / name).read_bytes() == (tmp_path / "p" / name).read_bytes()
     assert serial.overall() == parallel.overall()
+    # the whole report, through the workers' JSON lines: equal but for the output directory
+    same = json.dumps(serial.as_dict()).replace(str(tmp_path / "s"), "OUT")
+    assert same == json.dumps(parallel.as_dict()).replace(str(tmp_path / "p"), "OUT")
+
+
+def test_a_worker_that_dies_costs_only_its_log() -> None:
+    from lstm_stream import local_pool
+
+    done: list[int] = []
+    results = local_pool.run("os:_exit", [(0,), (3,), (0,)], workers=1, on_done=done.append)
+    # os._exit never returns: each call kills its worker, which is replaced for the next
+    assert all(isinstance(r, str) and "exited" in r for r in results)
+    assert sorted(done) == [0, 1, 2]
+    assert local_pool.run("math:hypot", [(3, 4), (5, 12)], workers=2) == [5.0, 13.0]
 
 
 def test_bad_messages_become_counted_rejections_and_the_rest_is_evaluated(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing
 from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from lstm_stream import __version__
+from lstm_stream import __version__, local_pool
 from lstm_stream.errors import EvaluationError, LstmStreamError
 from lstm_stream.progress import NullProgress, Progress
 
@@ -336,8 +335,8 @@ def evaluate_log_plain(path: str, options: dict[str, Any]) -> dict[str, Any] | s
 
     Only a path, the options as a dict and the result as a JSON-able dict (or the
     error's message, so that one bad log does not stop the others) cross the
-    process boundary: no objects of ours are pickled, and the local pool and the
-    cluster run exactly this function.
+    process boundary: the local pool sends them as JSON lines (local_pool.py, no
+    pickle), and the local pool and the cluster run exactly this function.
     """
     try:
         return asdict(evaluate_log(path, EvalOptions(**options)))
@@ -398,14 +397,12 @@ def evaluate(paths: Sequence[str | Path], options: EvalOptions, *, workers: int 
 
 def _evaluate_parallel(paths: Sequence[str | Path], options: EvalOptions, workers: int,
                        progress: Progress) -> list[LogResult]:
-    ctx = multiprocessing.get_context("spawn")  # no fork: onnxruntime and zmq hold threads
+    # Worker processes that speak JSON lines (local_pool.py): no pickle on the pipes.
     progress.start("eval logs", len(paths))
-    outputs: list[dict[str, Any] | str] = []
-    with ctx.Pool(min(workers, len(paths))) as pool:
-        jobs = [pool.apply_async(evaluate_log_plain, (str(p), asdict(options))) for p in paths]
-        for job in jobs:
-            outputs.append(job.get())
-            progress.advance(1)
+    plain = asdict(options)
+    outputs = local_pool.run("lstm_stream.evaluate:evaluate_log_plain",
+                             [(str(p), plain) for p in paths], workers,
+                             on_done=lambda _: progress.advance(1))
     progress.close()
     return results_from_plain(outputs)
 
