@@ -204,7 +204,6 @@ class Runner:
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
         poller.register(self.control, zmq.POLLIN)
-        poller.register(self.pub, zmq.POLLIN)
         timeout_ms = int(HOUSEKEEPING_S * 1000)
         next_housekeeping = time.monotonic_ns()
         # Busy polling: after a message, keep polling without sleeping for this long.
@@ -228,16 +227,16 @@ class Runner:
                     spin_until = time.monotonic_ns() + busy_ns
             if self.control in events:
                 self._serve_control()
-            if self.pub in events:
-                self._read_subscriptions()
             now = time.monotonic_ns()
             if self._reconnect_due is not None and now >= self._reconnect_due:
                 self._reconnect_input()
             if now >= next_housekeeping:
-                # The input monitor is read here, not polled with the data sockets:
-                # every socket in the poll set costs every message a little.
+                # The input monitor and the output's (un)subscriptions are read here,
+                # not polled with the input: every socket in the poll set costs every
+                # message a little, on its way in.
                 if self.monitor is not None:
                     self._read_input_events()
+                self._read_subscriptions()
                 self._housekeeping(now)
                 next_housekeeping = now + int(HOUSEKEEPING_S * 1e9)
             if self.snapshots is not None and now >= next_snapshot:
@@ -434,6 +433,7 @@ class Runner:
 
     def status(self) -> dict[str, Any]:
         """Counters and latency percentiles, as the ``status`` request returns them."""
+        self._read_subscriptions()  # fresh, not as of the last housekeeping
         c = self.counters
         n = min(c.stepped, LATENCY_WINDOW)
         latency: dict[str, Any] = {"window": n}
