@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,20 +156,42 @@ class LoadResult:
         }
 
 
+def generator_sockets(ctx: zmq.Context[Any], ends: Endpoints, *topics: bytes
+                      ) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+    """A load generator's sockets: the sensor XPUB it binds (it sees the server
+    subscribe) and a SUB for ``topics`` of the server's output; no high-water marks."""
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(ends.input)
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.setsockopt(zmq.LINGER, 0)
+    for topic in topics:
+        sub.setsockopt(zmq.SUBSCRIBE, topic)
+    sub.connect(ends.output)
+    return pub, sub
+
+
+def wait_until_served(pub: zmq.Socket[Any], sub: zmq.Socket[Any], timeout_s: float,
+                      send_one: Callable[[], None]) -> None:
+    """Wait for the server's subscription, then send until outputs flow (slow joiner)."""
+    deadline = time.monotonic() + timeout_s
+    while not (pub.poll(100) and pub.recv() == b"\x01sensors"):
+        if time.monotonic() > deadline:
+            raise LstmStreamError("the server never subscribed to the sensor topic")
+    while not sub.poll(20):
+        if time.monotonic() > deadline:
+            raise LstmStreamError("no output from the server: is it publishing 'policy'?")
+        send_one()
+
+
 class LoadGenerator:
     """Publishes sensor messages and receives outputs on one clock."""
 
     def __init__(self, ctx: zmq.Context[Any], ends: Endpoints, n_features: int,
                  streams: int = 1) -> None:
-        self.pub = ctx.socket(zmq.XPUB)
-        self.pub.setsockopt(zmq.SNDHWM, 0)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        self.pub.bind(ends.input)
-        self.sub = ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.RCVHWM, 0)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"policy")
-        self.sub.connect(ends.output)
+        self.pub, self.sub = generator_sockets(ctx, ends, b"policy")
         rng = np.random.default_rng(0)
         self.x = [rng.normal(size=n_features).astype("<f4").tobytes() for _ in range(64)]
         self.streams = [f"bench/{i}" for i in range(streams)]
@@ -188,16 +210,8 @@ class LoadGenerator:
 
     def connect(self, timeout_s: float = 10.0) -> None:
         """Wait for the server's subscription, then until outputs flow (slow joiner)."""
-        deadline = time.monotonic() + timeout_s
-        while not (self.pub.poll(100) and self.pub.recv() == b"\x01sensors"):
-            if time.monotonic() > deadline:
-                raise LstmStreamError("the server never subscribed to the sensor topic")
-        k = 0
-        while not self.sub.poll(20):
-            if time.monotonic() > deadline:
-                raise LstmStreamError("no output from the server: is it publishing 'policy'?")
-            self.send(k)
-            k += 1
+        sent = iter(range(1 << 62))
+        wait_until_served(self.pub, self.sub, timeout_s, lambda: self.send(next(sent)))
         self.drain(0.2)
 
     def drain(self, quiet_s: float) -> int:

@@ -84,10 +84,10 @@ def naive_torch_step(model: str) -> Step:
     return step
 
 
-def serve(step: Step, input_endpoint: str, output_endpoint: str, topic: bytes,
-          busy_poll_us: int = 0) -> None:
-    """The loop every comparison server runs until SIGTERM (busy polling as the runner's)."""
-    ctx = zmq.Context()
+def _sockets(input_endpoint: str, output_endpoint: str
+             ) -> tuple[zmq.Context[Any], zmq.Socket[Any], zmq.Socket[Any], list[bool]]:
+    """The runner's socket pattern (SUB in, PUB out) and a flag SIGTERM clears."""
+    ctx: zmq.Context[Any] = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"sensors")
     sub.setsockopt(zmq.RCVHWM, 10000)
@@ -97,6 +97,13 @@ def serve(step: Step, input_endpoint: str, output_endpoint: str, topic: bytes,
     pub.bind(output_endpoint)
     running = [True]
     signal.signal(signal.SIGTERM, lambda *_: running.__setitem__(0, False))
+    return ctx, sub, pub, running
+
+
+def serve(step: Step, input_endpoint: str, output_endpoint: str, topic: bytes,
+          busy_poll_us: int = 0) -> None:
+    """The loop every comparison server runs until SIGTERM (busy polling as the runner's)."""
+    ctx, sub, pub, running = _sockets(input_endpoint, output_endpoint)
     packer = msgpack.Packer(use_bin_type=True)
     clock = time.monotonic_ns
     busy_ns, spin_until = busy_poll_us * 1000, 0
@@ -130,16 +137,7 @@ def serve_decode(n_outputs: int, input_endpoint: str, output_endpoint: str, topi
     ``*_multipart`` helpers. Both are what a throughput-minded server does, so
     its rate is the ceiling a Python server behind these sockets can expect.
     """
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"sensors")
-    sub.setsockopt(zmq.RCVHWM, 10000)
-    sub.connect(input_endpoint)
-    pub = ctx.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 10000)
-    pub.bind(output_endpoint)
-    running = [True]
-    signal.signal(signal.SIGTERM, lambda *_: running.__setitem__(0, False))
+    ctx, sub, pub, running = _sockets(input_endpoint, output_endpoint)
     pack, unpack = msgpack.Packer(use_bin_type=True).pack, msgpack.unpackb
     recv, send, more, noblock = sub.recv, pub.send, zmq.SNDMORE, zmq.NOBLOCK
     clock = time.monotonic_ns

@@ -42,8 +42,10 @@ from lstm_stream.bench.e2e import (
     Endpoints,
     ServerProcess,
     endpoints,
+    generator_sockets,
     process_usage,
     server_process,
+    wait_until_served,
 )
 from lstm_stream.bench.platform import platform_record
 from lstm_stream.bench.report import model_record, render_platform, render_table
@@ -164,16 +166,8 @@ class ThroughputGenerator:
 
     def __init__(self, ctx: zmq.Context[Any], ends: Endpoints, n_features: int,
                  streams: int, window: int) -> None:
-        self.pub = ctx.socket(zmq.XPUB)
-        self.pub.setsockopt(zmq.SNDHWM, 0)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        self.pub.bind(ends.input)
-        self.sub = ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.RCVHWM, 0)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"policy")
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"diagnostics")  # rejections give credit back
-        self.sub.connect(ends.output)
+        # diagnostics too: rejections give credit back
+        self.pub, self.sub = generator_sockets(ctx, ends, b"policy", b"diagnostics")
         rng = np.random.default_rng(0)
         xs = [rng.normal(size=n_features).astype("<f4").tobytes() for _ in range(64)]
         self.names = [f"bench/{i}" for i in range(streams)]
@@ -227,14 +221,7 @@ class ThroughputGenerator:
 
     def connect(self, timeout_s: float = 30.0) -> None:
         """Wait for the server's subscription, then until outputs flow (slow joiner)."""
-        deadline = time.monotonic() + timeout_s
-        while not (self.pub.poll(100) and self.pub.recv() == b"\x01sensors"):
-            if time.monotonic() > deadline:
-                raise LstmStreamError("the server never subscribed to the sensor topic")
-        while not self.sub.poll(20):
-            if time.monotonic() > deadline:
-                raise LstmStreamError("no output from the server: is it publishing 'policy'?")
-            self.send(1)
+        wait_until_served(self.pub, self.sub, timeout_s, lambda: self.send(1))
         while self.sub.poll(200):  # the outputs of those first messages
             self.sub.recv_multipart()
         self.expect = [self.seq + (i < self.cursor) for i in range(len(self.names))]
