@@ -6,6 +6,8 @@ ZeroMQ sockets on loopback with free ports. Nothing is mocked.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +31,13 @@ def serve_process(model: Path | str, input_endpoint: str, *extra: str,
         yield served
 
 
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter from the repository root (a clean
+    ``sys.modules``: what gets imported, and what the exit code is)."""
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+
+
 class Reference:
     """What the runner should output: the numpy backend with state per stream."""
 
@@ -48,4 +57,5 @@ class Reference:
         return np.asarray(y[0])
 
 
-__all__ = ["REPO", "Reference", "Served", "VehicleStack", "free_endpoint", "serve_process"]
+__all__ = ["REPO", "Reference", "Served", "VehicleStack", "free_endpoint", "run_python",
+           "serve_process"]

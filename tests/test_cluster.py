@@ -33,7 +33,7 @@ from lstm_stream.errors import EvaluationError
 from lstm_stream.evaluate import EvalOptions, evaluate
 from lstm_stream.progress import Progress
 
-from support import REPO
+from support import REPO, run_python
 
 MODEL = str(REPO / "models" / "random_lstm.onnx")
 # find_spec, not importorskip: importing ray here would fix its settings before a test
@@ -309,8 +309,7 @@ def test_the_runtime_never_imports_ray() -> None:
             "from lstm_stream.cli import build_parser\n"
             "build_parser()\n"
             "assert 'ray' not in sys.modules and 'lstm_stream.cluster' not in sys.modules\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+    done = run_python(code)
     assert done.returncode == 0, done.stderr
 
 

@@ -4,8 +4,6 @@ model (its export parity reference, its card), and `run_demo` against a real ser
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import msgpack
@@ -26,7 +24,7 @@ from lstm_stream.demo import (
 )
 from lstm_stream.errors import LogError
 
-from support import REPO
+from support import REPO, run_python
 
 MODEL = REPO / "models" / "lane_keep_lstm.onnx"
 PARITY = REPO / "models" / "lane_keep_lstm.parity.npz"
@@ -41,8 +39,7 @@ def test_shipped_drive_is_read_without_mcap() -> None:
         "import collections, json\n"
         "print(json.dumps(collections.Counter(m.topic for m in d.messages)))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, cwd=REPO)
+    done = run_python(code)
     assert done.returncode == 0, done.stderr
     counts = json.loads(done.stdout)
     assert counts["sensors"] == counts["controls"] > 0

@@ -25,7 +25,7 @@ from lstm_stream.client import control_request
 from lstm_stream.contract import load_contract
 from lstm_stream.protocol import encode_sensor
 
-from support import REPO, Reference, Served, VehicleStack, serve_process
+from support import REPO, Reference, Served, VehicleStack, run_python, serve_process
 
 MODEL = REPO / "models" / "random_lstm.onnx"
 
@@ -290,8 +290,7 @@ def test_runtime_imports_without_torch() -> None:
             "import lstm_stream.backends.numpy, lstm_stream.info\n"
             "from lstm_stream.cli import main\n"
             "assert main(['info', 'models/random_lstm.onnx']) == 0\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+    done = run_python(code)
     assert done.returncode == 0, done.stderr
     assert "x [batch, 16]" in done.stdout
 

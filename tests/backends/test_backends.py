@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from lstm_stream.contract import ModelContract, load_contract
 from lstm_stream.errors import BackendError, UnsupportedOperatorError
 
 from make_model import build_step_model
+from support import run_python
 
 TOL = 1e-5
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -281,8 +280,7 @@ def test_runtime_backends_do_not_import_torch(model_factory: Any) -> None:
         "b.step(np.zeros((1, 3), np.float32), [np.zeros((1, 1, 4), np.float32)] * 2)\n"
         "print(sorted(m for m in ('torch', 'onnx') if m in sys.modules))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+    done = run_python(code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", f"imported by the runtime: {done.stdout}"
 

@@ -24,6 +24,8 @@ from lstm_stream.logs.reader import LogReader
 from lstm_stream.protocol import encode_sensor
 from lstm_stream.replay import ReplayConfig, Replayer
 
+from support import run_python
+
 
 def start_recorder(endpoint: str, out: Path, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "lstm_stream", "record", "--input", endpoint,
@@ -155,7 +157,6 @@ def test_cli_imports_and_explains_without_mcap() -> None:
     code = ("import sys; sys.modules['mcap'] = None\n"
             "from lstm_stream.cli import main\n"
             "sys.exit(main(['log', 'info', 'x.mcap']))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+    proc = run_python(code)
     assert proc.returncode == 1
     assert "pip install 'lstm-stream[logs]'" in proc.stderr

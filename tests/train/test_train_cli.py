@@ -16,7 +16,7 @@ import zmq
 from lstm_stream.protocol import encode_sensor
 from lstm_stream.train.loop import load_checkpoint, model_from_checkpoint
 
-from support import REPO, VehicleStack, serve_process
+from support import REPO, VehicleStack, run_python, serve_process
 
 
 def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -29,8 +29,7 @@ def test_help_works_without_torch() -> None:
             "from lstm_stream.cli import main\n"
             "sys.argv = ['lstm-stream', 'train', '--help']\n"
             "main()\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+    proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
     assert "--resume CKPT" in proc.stdout and "torchrun" in proc.stdout
 
