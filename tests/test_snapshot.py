@@ -7,6 +7,8 @@ the same onnxruntime step (docs/reliability.md).
 
 from __future__ import annotations
 
+import logging
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -18,11 +20,12 @@ import zmq
 
 from lstm_stream import state as s
 from lstm_stream.backends.onnxruntime import OnnxRuntimeBackend
-from lstm_stream.client import control_request
+from lstm_stream.client import ControlError, control_request
 from lstm_stream.contract import StateSpec, load_contract
 from lstm_stream.errors import SnapshotError
 from lstm_stream.protocol import SensorMessage, encode_sensor
 from lstm_stream.snapshot import (
+    check_snapshot_path,
     decode_snapshot,
     encode_snapshot,
     frame_snapshot,
@@ -32,7 +35,7 @@ from lstm_stream.snapshot import (
 )
 from lstm_stream.state import Admission, StateStore
 
-from support import REPO, Served, VehicleStack, serve_process
+from support import REPO, Served, VehicleStack, free_endpoint, serve_process
 
 MODEL = REPO / "models" / "random_lstm.onnx"
 SPECS = (StateSpec("h", "h_out", 2, 3), StateSpec("c", "c_out", 2, 3))
@@ -108,18 +111,18 @@ def test_restored_stream_with_gap_beyond_bound_resets_as_gap(tmp_path: Path) -> 
     assert not isinstance(fresh.admit(msg("a", 3), SEC), Admission)
 
 
-@pytest.mark.parametrize(("change", "note"), [
-    ("model", "was made with model sha256"),
-    ("old", "older than state.idle_timeout_s"),
-    ("future", "in the future"),
-    ("damaged", "damaged: its checksum"),
-    ("truncated", "damaged"),
-    ("not a snapshot", "not an lstm-stream snapshot"),
-    ("shapes", "holds states"),
-    ("missing", "no snapshot at"),
+@pytest.mark.parametrize(("change", "note", "aside"), [
+    ("model", "was made with model sha256", "other-model"),
+    ("old", "older than state.idle_timeout_s", None),
+    ("future", "in the future", "future"),
+    ("damaged", "damaged: its checksum", "damaged"),
+    ("truncated", "damaged", "damaged"),
+    ("version", "format version 7", "other-version"),
+    ("shapes", "holds states", "other-shapes"),
+    ("missing", "no snapshot at", None),
 ])
 def test_unusable_snapshot_starts_clean_and_says_why(tmp_path: Path, change: str,
-                                                      note: str) -> None:
+                                                      note: str, aside: str | None) -> None:
     store = filled_store(np.random.default_rng(2))
     path = tmp_path / "state.snap"
     save(store, path, now=SEC, unix=100 * SEC)
@@ -135,16 +138,55 @@ def test_unusable_snapshot_starts_clean_and_says_why(tmp_path: Path, change: str
         path.write_bytes(data[:-10] + bytes([data[-10] ^ 1]) + data[-9:])
     elif change == "truncated":
         path.write_bytes(data[: len(data) // 2])
-    elif change == "not a snapshot":
-        path.write_bytes(b"\x80\x04pickle? never")
+    elif change == "version":
+        path.write_bytes(data[:8] + bytes([7]) + data[9:])
     elif change == "shapes":
         specs = (StateSpec("h", "h_out", 2, 4),)
     elif change == "missing":
         path.unlink()
     fresh = StateStore(specs, idle_timeout_s=5.0)
+    before = path.read_bytes() if path.exists() else None
     result = restore(fresh, path, sha, now_ns=SEC, unix_ns=unix)
     assert result.restored == 0 and len(fresh) == 0
     assert note in result.note
+    if aside is None:  # nothing worth keeping: no stream of it could be restored
+        assert result.kept_aside is None and result.level == logging.INFO
+    else:  # kept, never deleted, and said loudly
+        assert result.kept_aside is not None and not path.exists()
+        assert result.kept_aside.name.startswith(f"state.snap.{aside}-")
+        assert result.kept_aside.read_bytes() == before
+        assert str(result.kept_aside) in result.note and result.level == logging.WARNING
+
+
+def test_a_file_that_is_not_a_snapshot_is_never_touched(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.py"
+    victim.write_text("print('my code')\n")
+    before = victim.read_bytes()
+    with pytest.raises(SnapshotError, match=r"victim.py' exists and is not an lstm-stream "
+                       r"snapshot.*refusing to overwrite it. Move or remove"):
+        check_snapshot_path(victim)
+    with pytest.raises(SnapshotError, match="not an lstm-stream snapshot"):
+        restore(StateStore(SPECS), victim, SHA)
+    empty = tmp_path / "__init__.py"
+    empty.write_bytes(b"")
+    with pytest.raises(SnapshotError, match="not an lstm-stream snapshot"):
+        check_snapshot_path(empty)
+    assert victim.read_bytes() == before and empty.read_bytes() == b""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["__init__.py", "victim.py"]
+
+
+def test_a_snapshot_path_that_cannot_be_written_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(SnapshotError, match=r"its directory .*missing' does not exist. "
+                       "Create it"):
+        check_snapshot_path(tmp_path / "missing" / "state.snap")
+    a_file = tmp_path / "plain"
+    a_file.write_text("x")
+    with pytest.raises(SnapshotError, match=r"does not exist|cannot create"):
+        check_snapshot_path(a_file / "state.snap")
+    with pytest.raises(SnapshotError, match="is a directory; give the path of a file"):
+        check_snapshot_path(tmp_path)
+    check_snapshot_path(tmp_path / "state.snap")  # fine, and leaves nothing behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]
 
 
 def test_streams_idle_too_long_by_now_are_not_restored_but_remembered(tmp_path: Path) -> None:
@@ -306,3 +348,86 @@ def test_sigkill_loses_at_most_the_snapshot_interval(ctx: zmq.Context[Any],
     for seq in range(40, 45):
         assert after[("k", seq)]["y"] == ref.step("k", xs[0, seq])
     assert [after[("k", q)]["reset"] for q in range(41, 45)] == [None] * 4
+
+
+# -- what `serve` does with the user's files ----------------------------------------------
+
+
+def test_serve_refuses_to_start_on_a_file_that_is_not_a_snapshot(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.py"
+    victim.write_text("import os\nprint(os.getcwd())\n")
+    before = victim.read_bytes()
+    with pytest.raises(ControlError, match=r"exited with code 1:(.|\n)*victim.py' exists and "
+                       "is not an lstm-stream snapshot"), serve_process(
+            MODEL, free_endpoint(), "--set", f'state.snapshot_path="{victim}"'):
+        pass
+    assert victim.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["victim.py"]
+
+
+def test_serve_refuses_to_start_when_snapshots_cannot_be_written(tmp_path: Path) -> None:
+    snap = tmp_path / "no-such-dir" / "s.snap"
+    with pytest.raises(ControlError, match=r"exited with code 1:(.|\n)*no-such-dir' does not "
+                       "exist. Create it"), serve_process(
+            MODEL, free_endpoint(), "--set", f'state.snapshot_path="{snap}"'):
+        pass
+
+
+def test_a_damaged_snapshot_is_kept_aside_and_reported_at_warning(ctx: zmq.Context[Any],
+                                                                  tmp_path: Path) -> None:
+    snap = tmp_path / "state.snap"
+    store = filled_store(np.random.default_rng(8))
+    save(store, snap, now=SEC, unix=time.time_ns())
+    damaged = snap.read_bytes()[:-5]
+    snap.write_bytes(damaged)
+    with VehicleStack(ctx) as stack:
+        cm, served = start(stack, "--set", f'state.snapshot_path="{snap}"')
+        try:
+            st = control_request(served.control, {"cmd": "status"})
+            served.proc.send_signal(signal.SIGTERM)
+            assert served.proc.wait(10) == 0
+            log = served.proc.stderr.read().decode()
+        finally:
+            cm.__exit__(None, None, None)
+    (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith("state.snap.damaged-")]
+    assert aside.read_bytes() == damaged  # kept, byte for byte
+    note = st["snapshot"]["restore_note"]
+    assert "damaged" in note and str(aside) in note
+    assert any(" WARNING " in line and "damaged" in line for line in log.splitlines()), log
+    assert read_snapshot(snap).name == []  # the final snapshot of the new run
+
+
+def test_a_snapshot_that_fails_later_is_reported_once_and_fails_the_exit(
+        ctx: zmq.Context[Any], tmp_path: Path) -> None:
+    directory = tmp_path / "state"
+    directory.mkdir()
+    opts = ("--set", f'state.snapshot_path="{directory / "s.snap"}"',
+            "--set", "state.snapshot_interval_s=0.05")
+    xs = np.random.default_rng(9).normal(size=(1, 40, 16)).astype(np.float32)
+    with VehicleStack(ctx) as stack:
+        cm, served = start(stack, *opts)
+        try:
+            shutil.rmtree(directory)  # the disk goes away under the runner
+            deadline = time.monotonic() + 10
+            st: dict[str, Any] = {}
+            for seq in range(40):  # every message changes the state: each interval retries
+                drive(stack, served, xs, range(seq, seq + 1), ["k"])
+                time.sleep(0.01)
+            while time.monotonic() < deadline:
+                st = control_request(served.control, {"cmd": "status"})
+                if st["snapshot"]["failed"] >= 2:
+                    break
+                time.sleep(0.05)
+            assert st["snapshot"]["failed"] >= 2 and st["snapshot"]["written"] == 0, st
+            assert "Could not write snapshot" in st["snapshot"]["last_error"]
+            served.proc.send_signal(signal.SIGTERM)
+            code = served.proc.wait(10)
+            log = served.proc.stderr.read().decode()
+        finally:
+            cm.__exit__(None, None, None)
+    assert code == 1
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "Could not write snapshot" in errors[0], errors
+    assert "lstm-stream serve: error: The final snapshot was not written" in log
+    assert "state of 1 streams was not saved" in log
+    assert "snapshot of" not in log  # never reported as written

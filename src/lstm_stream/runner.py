@@ -39,7 +39,7 @@ from lstm_stream import __version__
 from lstm_stream.backends import StepBackend, create_backend
 from lstm_stream.config import RunnerConfig
 from lstm_stream.contract import ModelContract, load_contract
-from lstm_stream.errors import ModelIntegrityError
+from lstm_stream.errors import ModelIntegrityError, SnapshotError
 from lstm_stream.protocol import (
     PROTOCOL_VERSION,
     ControlRequest,
@@ -49,7 +49,13 @@ from lstm_stream.protocol import (
 )
 from lstm_stream.security.curve import ServerKeys, load_server_keys
 from lstm_stream.shard import Shard, shard_topic
-from lstm_stream.snapshot import RestoreResult, SnapshotWriter, encode_snapshot, restore
+from lstm_stream.snapshot import (
+    RestoreResult,
+    SnapshotWriter,
+    check_snapshot_path,
+    encode_snapshot,
+    restore,
+)
 from lstm_stream.stepper import Stepped, StreamStepper
 
 log = logging.getLogger(__name__)
@@ -112,9 +118,10 @@ class Runner:
         self.snapshots: SnapshotWriter | None = None
         self._snapshot_mark: tuple[int, ...] | None = None
         if config.state.snapshot_path:
+            check_snapshot_path(config.state.snapshot_path)  # before anything is overwritten
             self.restored = restore(self.store, config.state.snapshot_path,
                                     self.contract.sha256)
-            log.info("state: %s", self.restored.note)
+            log.log(self.restored.level, "state: %s", self.restored.note)
             self.snapshots = SnapshotWriter(config.state.snapshot_path)
             self._snapshot_mark = self._change_mark()
         self.keys: ServerKeys | None = None
@@ -242,11 +249,14 @@ class Runner:
             if self.snapshots is not None and now >= next_snapshot:
                 self.snapshot()
                 next_snapshot = now + snapshot_every_ns
-        if self.snapshots is not None:
-            self.snapshot(final=True)
+        final_error = self._final_snapshot()
         log.info("stopping: %d received, %d stepped, %d rejected",
                  self.counters.received, self.counters.stepped,
                  sum(self.counters.rejected.values()))
+        if final_error is not None:
+            raise SnapshotError(f"The final snapshot was not written: {final_error} The state "
+                                f"of {len(self.store)} streams was not saved, so a restart "
+                                "starts them from zeros.")
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stop.set()
@@ -341,27 +351,31 @@ class Runner:
         return (self.counters.stepped, self.store.expired, self.store.evicted,
                 self._control_resets, len(self.store))
 
-    def snapshot(self, final: bool = False) -> bool:
-        """Snapshot every stream's state; returns whether one was taken.
-
-        Periodic snapshots are skipped when nothing changed (the file on disk is
-        still exact) and are written by a background thread; the final one (on
-        stop) is written before this returns.
-        """
+    def snapshot(self) -> bool:
+        """Hand a snapshot of every stream's state to the background writer; returns
+        whether one was taken (not when nothing changed: the file on disk is exact)."""
         if self.snapshots is None:
             return False
         mark = self._change_mark()
-        if not final and mark == self._snapshot_mark:
+        if mark == self._snapshot_mark:
             return False
-        body = encode_snapshot(self.store, self.contract.sha256, time.monotonic_ns())
+        self.snapshots.submit(encode_snapshot(self.store, self.contract.sha256,
+                                              time.monotonic_ns()))
         self._snapshot_mark = mark
-        if final:
-            self.snapshots.write_now(body)
-            log.info("state: snapshot of %d streams written to %s", len(self.store),
-                     self.snapshots.path)
-        else:
-            self.snapshots.submit(body)
         return True
+
+    def _final_snapshot(self) -> SnapshotError | None:
+        """Write the snapshot at stop, before returning; the error when it failed."""
+        if self.snapshots is None:
+            return None
+        body = encode_snapshot(self.store, self.contract.sha256, time.monotonic_ns())
+        try:
+            self.snapshots.write_now(body)
+        except SnapshotError as err:
+            return err
+        log.info("state: snapshot of %d streams written to %s", len(self.store),
+                 self.snapshots.path)
+        return None
 
     def _read_input_events(self) -> None:
         assert self.monitor is not None
@@ -467,7 +481,8 @@ class Runner:
             return None
         return {"path": str(writer.path), "restored": self.restored.restored,
                 "restore_note": self.restored.note, "written": writer.written,
-                "failed": writer.failed, "last_write_ms": round(writer.last_write_s * 1e3, 3),
+                "failed": writer.failed, "last_error": writer.last_error,
+                "last_write_ms": round(writer.last_write_s * 1e3, 3),
                 "interval_s": self.config.state.snapshot_interval_s}
 
 

@@ -205,6 +205,101 @@ class RestoreResult:
     restored: int = 0  # streams whose state was restored
     idle: int = 0  # streams in the snapshot that had been idle too long by now
     note: str = "no snapshot configured"
+    level: int = logging.INFO  # how loudly the runner logs the note
+    kept_aside: Path | None = None  # where an unusable snapshot was moved, never deleted
+
+
+def check_snapshot_path(path: str | Path) -> None:
+    """Refuse, before serving, a ``state.snapshot_path`` that would lose data or fail later.
+
+    The path must not be a directory or a file that is not an lstm-stream
+    snapshot (it would be overwritten by the first snapshot), and its directory
+    must let this process create a file and atomically replace another one,
+    which is what every snapshot does. Raises SnapshotError naming the path
+    and what to do.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise SnapshotError(f"state.snapshot_path {str(path)!r} is a directory; give the path "
+                            f"of a file in it, such as {str(path / 'state.snap')!r}.")
+    if path.exists():
+        _require_snapshot_file(path)
+    _probe_directory(path)
+
+
+def _require_snapshot_file(path: Path) -> None:
+    """Raise unless the existing file at ``path`` starts with the snapshot header."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(MAGIC))
+    except OSError as err:
+        raise SnapshotError(f"state.snapshot_path {str(path)!r} exists but cannot be read "
+                            f"({err.strerror or err}), so it cannot be checked before it "
+                            "would be overwritten. Fix its permissions or choose another "
+                            "path.") from err
+    if head != MAGIC:
+        raise SnapshotError(f"state.snapshot_path {str(path)!r} exists and is not an "
+                            f"lstm-stream snapshot (it does not start with {MAGIC!r}); "
+                            "refusing to overwrite it. Move or remove that file, or choose "
+                            "another path with --set state.snapshot_path=PATH.")
+
+
+def _probe_directory(path: Path) -> None:
+    """Create a file beside ``path`` and atomically replace another with it, then clean up."""
+    directory = path.parent
+    if not directory.is_dir():
+        raise SnapshotError(f"state.snapshot_path {str(path)!r}: its directory "
+                            f"{str(directory)!r} does not exist. Create it (mkdir -p) or "
+                            "choose another path.")
+    probe = directory / f".{path.name}.{os.getpid()}.probe"
+    target = directory / f".{path.name}.{os.getpid()}.probe-target"
+    try:
+        for name in (target, probe):
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"probe")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(probe, target)
+        os.unlink(target)
+    except OSError as err:
+        for name in (probe, target):
+            with contextlib.suppress(OSError):
+                name.unlink(missing_ok=True)
+        raise SnapshotError(f"state.snapshot_path {str(path)!r}: cannot create and atomically "
+                            f"replace a file in {str(directory)!r} "
+                            f"({err.strerror or err}). Make that directory writable by this "
+                            "user, or choose another path.") from err
+
+
+def keep_aside(path: Path, why: str, unix_ns: int | None = None) -> Path:
+    """Rename ``path`` to ``<path>.<why>-<UTC time>`` (never overwriting); returns the new path.
+
+    An unusable snapshot is kept, not deleted, so that nothing that might still
+    be wanted (a damaged file for inspection, another model's state) is lost.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ",
+                          time.gmtime((time.time_ns() if unix_ns is None else unix_ns) / 1e9))
+    aside = path.with_name(f"{path.name}.{why}-{stamp}")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.{why}-{stamp}-{n}")
+        n += 1
+    try:
+        os.rename(path, aside)
+    except OSError as err:
+        raise SnapshotError(f"Snapshot {str(path)!r} cannot be used ({why}) and could not be "
+                            f"moved aside to {str(aside)!r} ({err.strerror or err}); refusing "
+                            "to overwrite it. Move it away yourself, or choose another "
+                            "state.snapshot_path.") from err
+    return aside
+
+
+def _unusable(path: Path, why: str, note: str, unix_ns: int) -> RestoreResult:
+    aside = keep_aside(path, why, unix_ns)
+    return RestoreResult(note=f"{note}; kept it as {str(aside)!r}; starting clean",
+                         level=logging.WARNING, kept_aside=aside)
 
 
 def restore(store: StateStore, path: str | Path, model_sha256: str, *,
@@ -215,28 +310,40 @@ def restore(store: StateStore, path: str | Path, model_sha256: str, *,
     (SHA-256) with the same state shapes, and is younger than the store's idle
     timeout. Streams that have been idle for longer than the timeout by now are
     not restored but remembered as idle, as an uninterrupted runner would have
-    expired them. Otherwise the store stays empty and the note says why.
+    expired them. Otherwise the store stays empty and the note says why; a
+    snapshot that is damaged, of another model or shape, or dated in the future
+    is renamed aside (:func:`keep_aside`), never deleted. A file that is not a
+    snapshot at all raises SnapshotError: it is never touched.
     """
+    path = Path(path)
     now_ns = time.monotonic_ns() if now_ns is None else now_ns
     unix_ns = time.time_ns() if unix_ns is None else unix_ns
-    if not Path(path).exists():
+    if not path.exists():
         return RestoreResult(note=f"no snapshot at {str(path)!r} yet: starting clean")
+    _require_snapshot_file(path)
     try:
-        snap = read_snapshot(path)
+        data = path.read_bytes()
+    except OSError as err:
+        raise SnapshotError(f"Could not read snapshot {str(path)!r}: {err.strerror or err}. "
+                            "Fix its permissions or choose another state.snapshot_path."
+                            ) from err
+    try:
+        snap = decode_snapshot(data, f"Snapshot {str(path)!r}")
     except SnapshotError as err:
-        return RestoreResult(note=f"{err} Starting clean.")
+        why = "other-version" if data[len(MAGIC):len(MAGIC) + 1] != bytes([VERSION]) else (
+            "damaged")
+        return _unusable(path, why, str(err).rstrip("."), unix_ns)
     if snap.model_sha256 != model_sha256:
-        return RestoreResult(note=f"snapshot {str(path)!r} was made with model sha256 "
-                             f"{snap.model_sha256}, this model is {model_sha256}: "
-                             "starting clean")
+        return _unusable(path, "other-model", f"snapshot {str(path)!r} was made with model "
+                         f"sha256 {snap.model_sha256}, this model is {model_sha256}", unix_ns)
     want = [(s.input, s.layers, s.hidden) for s in store.specs]
     if snap.states != want:
-        return RestoreResult(note=f"snapshot {str(path)!r} holds states {snap.states}, the "
-                             f"model has {want}: starting clean")
+        return _unusable(path, "other-shapes", f"snapshot {str(path)!r} holds states "
+                         f"{snap.states}, the model has {want}", unix_ns)
     age_ns = unix_ns - snap.written_unix_ns
     if age_ns < 0:
-        return RestoreResult(note=f"snapshot {str(path)!r} is dated {-age_ns / 1e9:.1f} s in "
-                             "the future (the clock changed?): starting clean")
+        return _unusable(path, "future", f"snapshot {str(path)!r} is dated "
+                         f"{-age_ns / 1e9:.1f} s in the future (the clock changed?)", unix_ns)
     if age_ns > store.idle_timeout_ns:
         return RestoreResult(note=f"snapshot {str(path)!r} is {age_ns / 1e9:.1f} s old, older "
                              f"than state.idle_timeout_s ({store.idle_timeout_ns / 1e9:g} s): "
@@ -273,6 +380,7 @@ class SnapshotWriter:
         self.path = Path(path)
         self.written = 0
         self.failed = 0
+        self.failed_since_written = 0  # failures since the last successful write
         self.last_write_s = 0.0
         self.last_error: str | None = None
         self._pending: bytes | None = None
@@ -288,13 +396,19 @@ class SnapshotWriter:
             self._cond.notify()
 
     def write_now(self, body: bytes) -> None:
-        """Write ``body`` in the calling thread after any write in progress (shutdown)."""
+        """Write ``body`` in the calling thread after any write in progress (shutdown).
+
+        Raises SnapshotError when it could not be written (counted in ``failed``,
+        not logged: the caller reports it).
+        """
         with self._cond:
             self._pending = None
             while self._busy:
                 self._cond.wait()
             self._busy = True
-        self._write_then_release(body)
+        error = self._write_then_release(body)
+        if error is not None:
+            raise error
 
     def close(self) -> None:
         with self._cond:
@@ -310,27 +424,32 @@ class SnapshotWriter:
                 if self._pending is None:
                     return
                 body, self._pending, self._busy = self._pending, None, True
-            self._write_then_release(body)
+            error = self._write_then_release(body)
+            if error is not None and self.failed_since_written == 1:
+                # once per run of failures, not every interval; status counts them all
+                log.error("%s Snapshots keep being attempted every interval; `lstm-stream "
+                          "control status` counts the failures.", error)
 
-    def _write_then_release(self, body: bytes) -> None:
+    def _write_then_release(self, body: bytes) -> SnapshotError | None:
         """Write ``body`` (the caller has set ``_busy``), then let the next writer in."""
         try:
-            self._write(body)
+            return self._write(body)
         finally:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
 
-    def _write(self, body: bytes) -> None:
+    def _write(self, body: bytes) -> SnapshotError | None:
         start = time.perf_counter()
         try:
             write_atomic(self.path, frame_snapshot(body))
         except SnapshotError as err:
             self.failed += 1
-            if self.last_error != str(err):  # say it once, not every second
-                log.error("%s", err)
+            self.failed_since_written += 1
             self.last_error = str(err)
-            return
+            return err
         self.written += 1
+        self.failed_since_written = 0
         self.last_error = None
         self.last_write_s = time.perf_counter() - start
+        return None
