@@ -59,3 +59,41 @@ class Reference:
 
 __all__ = ["REPO", "Reference", "Served", "VehicleStack", "free_endpoint", "run_python",
            "serve_process"]
+
+
+def poisoned_model(path: Path, target: str, **kwargs: object) -> Path:
+    """A real step model (tools/make_model.py) that returns NaN in ``target`` ("y" or a
+    state output such as "c_out") for rows whose raw x[0] is negative, and is the plain
+    model otherwise (it adds ``0 * sqrt(x[0])``, exactly 0 when x[0] >= 0).
+
+    ``target="weight"`` instead puts a NaN in the output head's weights: every step is NaN.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from make_model import build_step_model
+
+    model = build_step_model(**kwargs)  # type: ignore[arg-type]
+    graph = model.graph
+    if target == "weight":
+        (head,) = [t for t in graph.initializer if t.name == "head_W"]
+        weights = numpy_helper.to_array(head).copy()
+        weights[0, 0] = np.nan
+        head.CopyFrom(numpy_helper.from_array(weights, "head_W"))
+    else:
+        for node in graph.node:
+            node.output[:] = [f"{target}_raw" if o == target else o for o in node.output]
+        graph.initializer.extend([
+            numpy_helper.from_array(np.array([0], np.int64), "poison_start"),
+            numpy_helper.from_array(np.array([1], np.int64), "poison_end"),
+            numpy_helper.from_array(np.array([1], np.int64), "poison_axis"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "poison_zero")])
+        graph.node.extend([
+            helper.make_node("Slice", ["x", "poison_start", "poison_end", "poison_axis"],
+                             ["poison_x0"]),
+            helper.make_node("Sqrt", ["poison_x0"], ["poison_root"]),  # NaN below zero
+            helper.make_node("Mul", ["poison_root", "poison_zero"], ["poison_term"]),
+            helper.make_node("Add", [f"{target}_raw", "poison_term"], [target])])
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+    return path

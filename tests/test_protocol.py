@@ -156,3 +156,29 @@ def test_output_encoding_round_trips() -> None:
     body = p.decode_payload(p.encode_output(packer, msg, [0.5, -1.0], 3, "gap", 2, 1234))
     assert body == {"stream": "car1", "seq": 5, "stamp_ns": 99, "y": [0.5, -1.0], "step": 3,
                     "reset": "gap", "gap": 2, "latency_ns": 1234}
+
+
+@pytest.mark.parametrize(("payload", "says"), [
+    (b"\xc1", "not valid msgpack (such as the reserved type code 0xc1) (FormatError)"),
+    (b"\x91" * 3000 + b"\x00", "nested deeper than the decoder allows (StackError)"),
+    (b"\x81\xa3seq", "ends inside an object (truncated)"),
+    (b"\x01\x02", "trailing bytes after the first) (ExtraData)"),
+    (b"", "the payload is empty"),
+])
+def test_a_payload_that_is_not_msgpack_always_says_what_was_wrong(payload: bytes,
+                                                                 says: str) -> None:
+    got = SensorDecoder(F, NAMES, max_message_bytes=65536).decode([b"sensors", payload])
+    assert isinstance(got, Rejection) and got.reason == p.NOT_MSGPACK
+    assert says in got.detail
+    assert not got.detail.rstrip().endswith(":")  # never a detail that trails off
+
+
+def test_values_beyond_float32_are_out_of_range_not_nan(decoder: SensorDecoder) -> None:
+    got = decoder.decode(frames({"seq": 0, "x": [0.0, 1e300, 0.0, 0.0]}))
+    assert isinstance(got, Rejection) and got.reason == p.NON_FINITE
+    assert "value 1e+300 at index 1 is out of float32 range" in got.detail
+    got = decoder.decode(frames({"seq": 0, "x": {"a": 0, "b": 0, "c": -1e39, "d": 0}}))
+    assert isinstance(got, Rejection) and "value -1e+39 at index 2 is out of float32" in (
+        got.detail)
+    got = decoder.decode(frames({"seq": 0, "x": [0.0, math.inf, 0.0, 0.0]}))
+    assert isinstance(got, Rejection) and "holds NaN or Inf (first at index 1)" in got.detail

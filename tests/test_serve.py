@@ -25,7 +25,16 @@ from lstm_stream.client import control_request
 from lstm_stream.contract import load_contract
 from lstm_stream.protocol import encode_sensor
 
-from support import REPO, Reference, Served, VehicleStack, run_python, serve_process
+from make_model import build_step_model
+from support import (
+    REPO,
+    Reference,
+    Served,
+    VehicleStack,
+    poisoned_model,
+    run_python,
+    serve_process,
+)
 
 MODEL = REPO / "models" / "random_lstm.onnx"
 
@@ -407,3 +416,54 @@ def test_max_batch_one_steps_every_message_alone(stack: VehicleStack, runner: Se
     stack.receive(500)
     st = status(runner)
     assert st["stepped"] == st["batches"] == 500
+
+
+@pytest.mark.parametrize("target", ["y", "c_out"])
+def test_non_finite_model_outputs_never_reach_policy(stack: VehicleStack, tmp_path: Path,
+                                                     target: str) -> None:
+    """A model that returns NaN for some inputs: those messages are rejected as
+    bad_output, never published, and the stream goes on from the state before them."""
+    path = poisoned_model(tmp_path / "nan.onnx", target)
+    plain = tmp_path / "plain.onnx"
+    plain.write_bytes(build_step_model().SerializeToString())  # the same weights, no poison
+    ref = Reference(plain)
+    rng = np.random.default_rng(13)
+    poisoned = {3, 4, 8}
+    expected = []
+    with serve_process(path, stack.sensors_endpoint) as served:
+        stack.wait_subscribed()
+        stack.connect_outputs(served.output, served.control)
+        for seq in range(12):
+            x = np.abs(features(rng))
+            if seq in poisoned:
+                x[0] = -1.0
+            else:
+                expected.append(ref.step("car", x))
+            stack.send(encode_sensor(seq, x, stream="car"))
+        got = stack.receive(12)
+        st = status(served)
+    outputs = [o for t, o in got if t == "policy"]
+    diags = [o for t, o in got if t == "diagnostics"]
+    assert [o["seq"] for o in outputs] == [s for s in range(12) if s not in poisoned]
+    assert all(np.isfinite(o["y"]).all() for o in outputs)
+    np.testing.assert_allclose([o["y"] for o in outputs], expected, atol=1e-5)
+    assert [(d["reason"], d["stream"], d["seq"]) for d in diags] == [
+        ("bad_output", "car", s) for s in sorted(poisoned)]
+    assert ("output y" if target == "y" else "new state 'c_out'") in diags[0]["detail"]
+    assert st["rejected"] == {"bad_output": 3} and st["stepped"] == 9
+
+
+def test_a_model_with_a_nan_weight_publishes_nothing(stack: VehicleStack,
+                                                     tmp_path: Path) -> None:
+    path = poisoned_model(tmp_path / "nan_weight.onnx", "weight")
+    with serve_process(path, stack.sensors_endpoint) as served:
+        stack.wait_subscribed()
+        stack.connect_outputs(served.output, served.control)
+        for seq in range(5):
+            stack.send(encode_sensor(seq, np.ones(16, np.float32), stream="car"))
+        got = stack.receive(5)
+        st = status(served)
+    assert [t for t, _ in got] == ["diagnostics"] * 5
+    assert {d["reason"] for _, d in got} == {"bad_output"}
+    assert st["stepped"] == 0 and st["published"] == 0 and st["streams"] == 0
+    assert st["rejected"] == {"bad_output": 5}

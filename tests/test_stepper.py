@@ -10,6 +10,7 @@ payloads and a message of a stream appearing twice in one batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from lstm_stream.contract import ModelContract, load_contract
 from lstm_stream.protocol import Rejection, encode_sensor
 from lstm_stream.stepper import Result, Stepped, StreamStepper
 
-from support import REPO
+from support import REPO, poisoned_model
 
 MODEL = REPO / "models" / "random_lstm.onnx"
 SEC = 1_000_000_000
@@ -157,3 +158,72 @@ def test_a_failing_row_takes_down_only_itself(contract: ModelContract) -> None:
     assert "car-2" not in stepper.store
     want = _one_at_a_time(reference, [item for i, item in enumerate(items) if i != 2])
     assert [_key(r) for i, r in enumerate(results) if i != 2] == [_key(r) for r in want]
+
+
+# -- outputs that are not finite --------------------------------------------------------
+
+
+def _poisoned_stepper(tmp_path: Path, target: str) -> StreamStepper:
+    contract = load_contract(poisoned_model(tmp_path / f"nan_{target}.onnx", target))
+    return StreamStepper(contract, create_backend("onnxruntime", contract))
+
+
+@pytest.mark.parametrize(("target", "named"), [("y", "output y (first at index 0)"),
+                                               ("c_out", "new state 'c_out'")])
+def test_a_non_finite_step_is_rejected_and_leaves_the_state_as_it_was(
+        tmp_path: Path, contract: ModelContract, target: str, named: str) -> None:
+    rng = np.random.default_rng(11)
+    xs = np.abs(rng.normal(size=(8, 16))).astype(np.float32)  # x[0] >= 0: healthy
+    poison = xs[3].copy()
+    poison[0] = -1.0  # sqrt(-1): NaN in the target only
+    stepper = _poisoned_stepper(tmp_path, target)
+    reference = _stepper(contract, 1024)  # the same weights without the poison term
+    for seq in range(8):
+        if seq == 3:
+            got = stepper.step([b"sensors", encode_sensor(seq, poison, stream="car")], seq)
+            assert isinstance(got, Rejection) and got.reason == "bad_output", got
+            assert named in got.detail and (got.stream, got.seq) == ("car", 3)
+            assert "state is as it was before this message" in got.detail
+            assert stepper.store.get("car").last_seq == 2  # type: ignore[union-attr]
+            continue
+        got = stepper.step([b"sensors", encode_sensor(seq, xs[seq], stream="car")], seq)
+        want = reference.step([b"sensors", encode_sensor(seq, xs[seq], stream="car")], seq)
+        assert isinstance(got, Stepped) and isinstance(want, Stepped)
+        # bit for bit: the poisoned step changed nothing (its gap is the seq it missed)
+        assert got.y.tobytes() == want.y.tobytes() and got.step == want.step
+
+
+def test_in_a_batch_only_the_non_finite_rows_are_rejected(tmp_path: Path,
+                                                          contract: ModelContract) -> None:
+    rng = np.random.default_rng(12)
+    stepper = _poisoned_stepper(tmp_path, "c_out")
+    reference = _stepper(contract, 1024)
+    items, healthy = [], []
+    for seq in range(3):
+        for i in range(6):
+            x = np.abs(rng.normal(size=16)).astype(np.float32)
+            if i in (1, 4) and seq == 1:
+                x[0] = -2.0
+            item = ([b"sensors", encode_sensor(seq, x, stream=f"car-{i}")], seq)
+            items.append(item)
+            if x[0] >= 0:
+                healthy.append(item)
+    results = _batched(stepper, items, [], 64)
+    assert stepper.calls < len(items)  # batched
+    rejected = [(r.stream, r.seq) for r in results if isinstance(r, Rejection)]
+    assert rejected == [("car-1", 1), ("car-4", 1)]
+    assert all(r.reason == "bad_output" for r in results if isinstance(r, Rejection))
+    want = [r for r in _one_at_a_time(reference, healthy)]
+    got = [r for r in results if isinstance(r, Stepped)]
+    assert [(r.msg.stream, r.msg.seq, r.y.tobytes()) for r in got] == [
+        (r.msg.stream, r.msg.seq, r.y.tobytes()) for r in want if isinstance(r, Stepped)]
+    assert all(np.isfinite(s).all() for st in stepper.store.streams() for s in st.states)
+
+
+def test_a_model_that_is_always_non_finite_never_commits(tmp_path: Path) -> None:
+    stepper = _poisoned_stepper(tmp_path, "weight")
+    x = np.ones(16, np.float32)
+    results = [stepper.step([b"sensors", encode_sensor(seq, x, stream="car")], seq)
+               for seq in range(3)]
+    assert [r.reason for r in results if isinstance(r, Rejection)] == ["bad_output"] * 3
+    assert len(stepper.store) == 0  # never created: nothing to poison

@@ -11,6 +11,7 @@ with its state untouched.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -36,10 +37,11 @@ NON_FINITE = "non_finite"  # x holds NaN or +-Inf
 STALE_SEQ = "stale_seq"  # seq not greater than the stream's last stepped seq
 STEP_FAILED = "step_failed"  # the backend raised while stepping
 WRONG_SHARD = "wrong_shard"  # the stream belongs to another runner's shard (shard.py)
+BAD_OUTPUT = "bad_output"  # the model returned NaN or Inf; nothing published or committed
 
 REJECTION_REASONS = (FRAMES, TOPIC, OVERSIZED, NOT_MSGPACK, NOT_MAP, MISSING_KEY, BAD_TYPE,
                      BAD_VALUE, WRONG_LENGTH, NON_FINITE, STALE_SEQ, STEP_FAILED,
-                     WRONG_SHARD)
+                     WRONG_SHARD, BAD_OUTPUT)
 
 _NUMBER = (int, float)
 
@@ -103,8 +105,9 @@ class SensorDecoder:
         try:
             body = msgpack.unpackb(payload, raw=False, strict_map_key=False)
         except Exception as err:  # msgpack raises many types for bad bytes
-            return Rejection(NOT_MSGPACK, f"payload is not one msgpack object: "
-                             f"{type(err).__name__}: {err}"[:300], topic)
+            what = _msgpack_error(err) if payload else "the payload is empty"
+            return Rejection(NOT_MSGPACK, f"payload is not one msgpack object: {what}"[:300],
+                             topic)
         if type(body) is not dict:
             return Rejection(NOT_MAP, f"payload must be a msgpack map, got "
                              f"{_kind(body)}", topic)
@@ -159,27 +162,30 @@ class SensorDecoder:
                 return (f"{WRONG_LENGTH}:'x' is {len(value)} bytes; the model takes {n} "
                         f"float32 features = {self._x_bytes} bytes")
             x = np.ndarray((1, n), "<f4", value)  # a read-only view, no copy
+            # x . 0 is 0 when every value is finite and NaN otherwise (inf * 0 = NaN):
+            # one small call, a third of the cost of isfinite(x).all()
+            if x.dot(self._zeros)[0] != 0.0:
+                return _non_finite(x, [])
         elif kind is list:
             if len(value) != n:
                 return f"{WRONG_LENGTH}:'x' has {len(value)} values; the model takes {n}"
             for v in value:
                 if type(v) not in _NUMBER:
                     return f"{BAD_TYPE}:'x' must hold only numbers, found {_kind(v)}"
-            with np.errstate(over="ignore"):  # beyond float32 range: inf, rejected below
+            with np.errstate(over="ignore"):  # beyond float32 range: inf, rejected next
                 x = np.array(value, dtype=np.float32).reshape(1, n)
+            if x.dot(self._zeros)[0] != 0.0:  # as for bin, above
+                return _non_finite(x, value)
         elif kind is dict:
             got = self._named_features(value)
             if type(got) is str:
                 return got
             x = got  # type: ignore[assignment]
+            if x.dot(self._zeros)[0] != 0.0:  # as for bin, above
+                return _non_finite(x, [value[k] for k in self.feature_names or ()])
         else:
             return (f"{BAD_TYPE}:'x' must be bin (little-endian float32), an array of numbers "
                     f"or a map of feature names, got {_kind(value)}")
-        # x . 0 is 0 when every value is finite and NaN otherwise (inf * 0 = NaN):
-        # one small call, a third of the cost of isfinite(x).all()
-        if x.dot(self._zeros)[0] != 0.0:
-            bad = int(np.flatnonzero(~np.isfinite(x))[0])
-            return f"{NON_FINITE}:'x' holds NaN or Inf (first at index {bad})"
         return x
 
     def _named_features(self, value: dict[Any, Any]) -> np.ndarray | str:
@@ -237,6 +243,37 @@ def decode_control_request(raw: bytes) -> ControlRequest | str:
     if type(stream) is not str:
         return "'stream' must be a string, or absent to reset every stream"
     return ControlRequest(cmd, stream)
+
+
+# What msgpack's exceptions mean when they come without a message of their own.
+_MSGPACK_ERRORS = {
+    "FormatError": "a byte that is not valid msgpack (such as the reserved type code 0xc1)",
+    "StackError": "nested deeper than the decoder allows",
+    "ExtraData": "more than one msgpack object (trailing bytes after the first)",
+    "OutOfData": "the payload ends inside an object (truncated)",
+}
+
+
+def _msgpack_error(err: Exception) -> str:
+    """A description of a msgpack decoding error that always says what was wrong."""
+    name = type(err).__name__
+    known = _MSGPACK_ERRORS.get(name)
+    text = str(err).strip()
+    if name == "ExtraData" or not text:
+        return f"{known or 'no detail given by the decoder'} ({name})"
+    if "incomplete input" in text:
+        return f"{_MSGPACK_ERRORS['OutOfData']} ({name}: {text})"
+    return f"{name}: {text}"
+
+
+def _non_finite(x: np.ndarray, given: list[Any]) -> str:
+    """``"reason:detail"`` for a feature vector with a non-finite float32 value."""
+    bad = int(np.flatnonzero(~np.isfinite(x))[0])
+    value = given[bad] if bad < len(given) else None
+    if isinstance(value, _NUMBER) and math.isfinite(value):
+        return (f"{NON_FINITE}:'x' value {value!r} at index {bad} is out of float32 range "
+                "(|x| <= 3.4e38); scale the feature or send it in range")
+    return f"{NON_FINITE}:'x' holds NaN or Inf (first at index {bad})"
 
 
 def _kind(value: Any) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 from lstm_stream.backends import StepBackend
 from lstm_stream.contract import ModelContract
 from lstm_stream.protocol import (
+    BAD_OUTPUT,
     STEP_FAILED,
     WRONG_SHARD,
     Rejection,
@@ -61,6 +62,7 @@ class StreamStepper:
         self.decoder = SensorDecoder(contract.n_features, contract.feature_names,
                                      max_message_bytes)
         self.calls = 0  # backend calls, batched or not
+        self._finite = backend.finite
         self.shard = shard  # serve only these streams; None: all
 
     def step(self, frames: list[bytes], now_ns: int) -> Stepped | Rejection:
@@ -94,8 +96,24 @@ class StreamStepper:
             y, new_states = self.backend.step_one(msg.x, admission.states)
         except Exception as err:  # a backend failure must not kill the caller
             return _failed(msg, err)
+        if not self._finite(y, new_states):  # never published, never committed
+            return self._bad_output(msg, y, new_states, 0)
         stream = self.store.commit(admission, msg, new_states, now_ns)
         return Stepped(msg, y, stream.step, admission.reset, admission.gap)
+
+    def _bad_output(self, msg: SensorMessage, y: np.ndarray, new_states: Sequence[np.ndarray],
+                    row: int) -> Rejection:
+        """The rejection of a step whose row ``row`` of the outputs holds NaN or Inf."""
+        bad = []
+        if not np.isfinite(y[row]).all():
+            bad.append(f"output y (first at index {int(np.flatnonzero(~np.isfinite(y[row]))[0])})")
+        for spec, new in zip(self.contract.states, new_states, strict=True):
+            if not np.isfinite(new[:, row]).all():
+                bad.append(f"new state {spec.output!r}")
+        return Rejection(BAD_OUTPUT, f"the model returned NaN or Inf in {' and '.join(bad)}; "
+                         "nothing was published and the stream's state is as it was before "
+                         "this message. Check the model (lstm-stream info) and this input.",
+                         msg.topic, msg.stream, msg.seq)
 
     def step_many(self, items: Sequence[tuple[list[bytes], int]], emit: Emit, *,
                   max_batch: int = 64) -> None:
@@ -181,9 +199,32 @@ class _Batch:
         except Exception:
             # Step them one by one, so that whatever failed takes down only itself.
             return [stepper._step_one(*row) for row in rows]
+        if not stepper._finite(y, new_states):
+            return self._commit_finite_rows(y, new_states)
         streams = store.commit_many(admissions, msgs, new_states, [row[2] for row in rows])
         return [Stepped(m, y[i:i + 1], s.step, a.reset, a.gap)
                 for i, (m, a, s) in enumerate(zip(msgs, admissions, streams, strict=True))]
+
+    def _commit_finite_rows(self, y: np.ndarray, new_states: Sequence[np.ndarray]
+                            ) -> list[Result]:
+        """Commit the rows whose outputs are all finite; reject the others (bad_output)."""
+        rows, stepper = self.rows, self.stepper
+        ok = np.isfinite(y).all(axis=1)
+        for new in new_states:  # (layers, batch, hidden)
+            ok &= np.isfinite(new).all(axis=(0, 2))
+        keep = np.flatnonzero(ok)
+        kept = [rows[i] for i in keep]
+        streams = iter(stepper.store.commit_many(
+            [r[1] for r in kept], [r[0] for r in kept], [new[:, keep] for new in new_states],
+            [r[2] for r in kept]))
+        out: list[Result] = []
+        for i, (msg, admission, _) in enumerate(rows):
+            if ok[i]:
+                out.append(Stepped(msg, y[i:i + 1], next(streams).step, admission.reset,
+                                   admission.gap))
+            else:
+                out.append(stepper._bad_output(msg, y, new_states, i))
+        return out
 
 
 def _failed(msg: SensorMessage, err: Exception) -> Rejection:

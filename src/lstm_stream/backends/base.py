@@ -40,6 +40,15 @@ class StepBackend(ABC):
         call (the state store copies them at once). Same results as :meth:`step`."""
         return self.step(x, states)
 
+    def finite(self, y: np.ndarray, new_states: Sequence[np.ndarray]) -> bool:
+        """Whether a step's ``y`` and new states hold only finite values.
+
+        Called after every step (the stepper never commits or publishes NaN or
+        Inf); a backend may override it with a cheaper check of its own buffers.
+        """
+        return bool(np.isfinite(y).all()) and all(bool(np.isfinite(s).all())
+                                                  for s in new_states)
+
 
 StepFn = Callable[[np.ndarray, Sequence[np.ndarray]], tuple[np.ndarray, tuple[np.ndarray, ...]]]
 
