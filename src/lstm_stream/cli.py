@@ -10,6 +10,8 @@ import argparse
 import importlib
 import json
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -48,12 +50,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                         stream=sys.stderr)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, so that a closed pipe is seen inside this try
+        return code
     except LstmStreamError as err:
         print(f"lstm-stream {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`lstm-stream info MODEL | head -3`): stop quietly, as
+        # Unix tools do, with the status of a SIGPIPE death. stdout now points at
+        # /dev/null so that the interpreter's last flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,12 +141,19 @@ def _serve(args: argparse.Namespace) -> int:
              "input.bind": args.input_bind, "output.endpoint": args.output,
              "control.endpoint": args.control, "model.backend": args.backend,
              "model.threads": args.threads, "output.bind": args.output_bind}
+    flags = {"model.path": "MODEL", "input.endpoint": "--input", "input.bind": "--input-bind",
+             "output.endpoint": "--output", "control.endpoint": "--control",
+             "model.backend": "--backend", "model.threads": "--threads",
+             "output.bind": "--output-connect", "sharding.index": "--shard",
+             "sharding.count": "--shard"}
     if args.shard is not None:
         named["sharding.index"], named["sharding.count"] = args.shard
+    labels = {}
     for key, value in named.items():
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
-    config = load_runner_config(args.config, overrides)
+            labels[key] = flags[key]
+    config = load_runner_config(args.config, overrides, labels)
     log.info("config: %s", json.dumps(config.as_dict(), sort_keys=True))
     runner = Runner(config)
     try:

@@ -10,6 +10,7 @@ input.topics=["a","b"]`` a list). Errors name the field, the rule and the value.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 import types
 import typing
@@ -205,23 +206,38 @@ class RunnerConfig:
 T = TypeVar("T")
 
 
-def load_runner_config(path: str | Path | None = None,
-                       overrides: list[str] | None = None) -> RunnerConfig:
+def load_runner_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                       labels: dict[str, str] | None = None) -> RunnerConfig:
     """Load ``path`` (or the defaults when None), apply ``section.field=value`` overrides."""
-    return load_config(RunnerConfig, path, overrides)
+    return load_config(RunnerConfig, path, overrides, labels)
 
 
 def load_config(cls: type[T], path: str | Path | None = None,
-                overrides: list[str] | None = None) -> T:
-    """Build config dataclass ``cls`` from a TOML file (or defaults) plus overrides."""
+                overrides: list[str] | None = None, labels: dict[str, str] | None = None) -> T:
+    """Build config dataclass ``cls`` from a TOML file (or defaults) plus overrides.
+
+    Errors name where the bad value came from: the file, or the override as the
+    user typed it (``--set state.max_streams=0``; ``labels`` maps a key to the
+    command-line option that set it, such as ``{"input.endpoint": "--input"}``).
+    """
     data: dict[str, Any] = {}
-    where = "defaults"
+    origins: dict[str, str] = {}
     if path is not None:
-        where = str(path)
         data = read_toml(path)
+        origins = {key: str(path) for key in _dotted_keys(data)}
     for item in overrides or []:
-        apply_override(data, item)
-    return from_dict(cls, data, where)
+        key = apply_override(data, item)
+        origins[key] = (labels or {}).get(key, f"--set {item.strip()}")
+    return from_dict(cls, data, "" if path is None else str(path), origins=origins)
+
+
+def _dotted_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            keys.extend(_dotted_keys(value, f"{prefix}{key}."))
+        keys.append(prefix + key)
+    return keys
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -237,8 +253,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"Config file {str(path)!r} is not valid TOML: {err}.") from err
 
 
-def apply_override(data: dict[str, Any], item: str) -> None:
-    """Apply one ``a.b=value`` override to nested ``data`` in place."""
+def apply_override(data: dict[str, Any], item: str) -> str:
+    """Apply one ``a.b=value`` override to nested ``data`` in place; returns ``a.b``."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"Override {item!r} is not of the form section.field=value.")
@@ -251,35 +267,64 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     for part in parents:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"Override {item!r}: {part!r} is a value, not a section.")
+            raise ConfigError(f"--set {item.strip()}: {part!r} is a value, not a section.")
         node = child
     node[leaf] = value
+    return key.strip()
 
 
-def from_dict(cls: type[T], data: dict[str, Any], where: str, prefix: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``, refusing unknown keys and wrong types."""
+def from_dict(cls: type[T], data: dict[str, Any], where: str, prefix: str = "", *,
+              origins: dict[str, str] | None = None) -> T:
+    """Build dataclass ``cls`` from ``data``, refusing unknown keys and wrong types.
+
+    ``origins`` maps dotted keys to where they were set (a file, ``--set ...``);
+    an error about a key names its origin, else ``where``.
+    """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
+    origins = origins or {}
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
-            known = ", ".join(prefix + k for k in fields)
-            raise ConfigError(f"{where}: unknown option {prefix + key!r}. Known options: {known}.")
+            full = prefix + key
+            known = [prefix + k for k in fields]
+            close = difflib.get_close_matches(full, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else "."
+            raise ConfigError(_at(_origin(origins, full, where),
+                                  f"unknown option {full!r}{hint} Known options: "
+                                  f"{', '.join(known)}."))
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         hint = hints[name]
         full = prefix + name
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
-                raise ConfigError(f"{where}: {full!r} must be a table ([{full}]), got {value!r}.")
-            kwargs[name] = from_dict(hint, value, where, prefix=full + ".")  # type: ignore[arg-type]
+                raise ConfigError(_at(_origin(origins, full, where),
+                                      f"{full!r} must be a table ([{full}]), got {value!r}."))
+            kwargs[name] = from_dict(hint, value, where, prefix=full + ".",  # type: ignore[arg-type]
+                                     origins=origins)
         else:
-            kwargs[name] = _coerce(full, hint, value, where)
+            kwargs[name] = _coerce(full, hint, value, _origin(origins, full, where))
     try:
         return cls(**kwargs)
     except ConfigError as err:
-        raise ConfigError(f"{where}: {err}") from None
+        if err.located:
+            raise
+        raise ConfigError(_at(_origin(origins, err.field, where), str(err)),
+                          located=True) from None
+
+
+def _origin(origins: dict[str, str], key: str, default: str) -> str:
+    """Where ``key`` (or, for a section, any key inside it) was set."""
+    if key in origins:
+        return origins[key]
+    inside = [origin for k, origin in origins.items() if k.startswith(key + ".")]
+    return inside[-1] if inside and key else default
+
+
+def _at(where: str, message: str) -> str:
+    return f"{where}: {message}" if where else message
 
 
 def _coerce(name: str, hint: Any, value: Any, where: str) -> Any:
@@ -289,32 +334,37 @@ def _coerce(name: str, hint: Any, value: Any, where: str) -> Any:
         if isinstance(value, str):  # "a,b" from the command line
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: {name!r} must be a list, got {value!r}.")
+            raise ConfigError(_at(where, f"{name!r} must be a list, got {value!r}."),
+                              located=True)
         return [_coerce(f"{name}[{i}]", item_type, v, where) for i, v in enumerate(value)]
     if origin in (types.UnionType, typing.Union):
         raise TypeError(f"unions are not supported in configs ({name})")
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {name!r} must be true or false, got {value!r}.")
+            raise ConfigError(_at(where, f"{name!r} must be true or false, got {value!r}."),
+                              located=True)
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: {name!r} must be an integer, got {value!r}.")
+            raise ConfigError(_at(where, f"{name!r} must be an integer, got {value!r}."),
+                              located=True)
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: {name!r} must be a number, got {value!r}.")
+            raise ConfigError(_at(where, f"{name!r} must be a number, got {value!r}."),
+                              located=True)
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: {name!r} must be a string, got {value!r}.")
+            raise ConfigError(_at(where, f"{name!r} must be a string, got {value!r}."),
+                              located=True)
         return value
     raise TypeError(f"unsupported config type {hint!r} for {name}")
 
 
 def _check(ok: bool, name: str, rule: str, value: Any) -> None:
     if not ok:
-        raise ConfigError(f"{name!r} must be {rule}; got {value!r}.")
+        raise ConfigError(f"{name!r} must be {rule}; got {value!r}.", field=name)
 
 
 def is_loopback(endpoint: str) -> bool:

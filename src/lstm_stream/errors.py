@@ -16,9 +16,18 @@ class LstmStreamError(Exception):
 
 
 class ConfigError(LstmStreamError):
-    """A configuration file or command-line override is invalid."""
+    """A configuration file or command-line override is invalid.
+
+    ``field`` is the dotted option the message is about (so that the loader can
+    say where it was set); ``located`` is true once the message says where.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, *, field: str = "", located: bool = False) -> None:
+        super().__init__(message)
+        self.field = field
+        self.located = located
 
 
 class ModelFormatError(LstmStreamError):

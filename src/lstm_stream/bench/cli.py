@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 EPILOG = """\
 examples:
@@ -54,7 +54,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--busy-poll", type=int, default=0, metavar="US",
                    help="servers keep polling this long after a message instead of sleeping "
                    "(the runner's input.busy_poll_us); applied to every server alike")
-    p.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    p.add_argument("--json", metavar="PATH", help="write the report as JSON to PATH, or with "
+                   "'-' as one JSON document on stdout (the text report then goes to stderr)")
     p.add_argument("--plot", metavar="PATH", help="write latency CDFs as PNG (with "
                    "--throughput: steps/s against streams)")
     p.add_argument("--raw", metavar="PATH", help="write per-message latencies (.npz)")
@@ -109,26 +110,35 @@ def _bench(args: argparse.Namespace) -> int:
         settings.duration_s, settings.steps, settings.warmup = 1.0, 1000, 200
         settings.closed_loop_count, settings.batches = 500, (1, 8)
     report = run_bench(settings, TerminalProgress())
-    print(render(report))
+    out = _text_stream(args)
+    print(render(report), file=out)
     rt = {r["realtime"] for r in report["e2e"]}
     for note in rt - {"not requested"}:
-        print(f"real-time priority: {note}")
+        print(f"real-time priority: {note}", file=out)
     if args.json:
         _write_json({k: v for k, v in report.items() if k != "raw"}, args.json)
     if args.raw:
         save_raw(report, args.raw)
-        print(f"wrote {args.raw}")
-    return _write_plot(plot, report, args.plot)
+        print(f"wrote {args.raw}", file=out)
+    return _write_plot(plot, report, args.plot, out)
+
+
+def _text_stream(args: argparse.Namespace) -> TextIO:
+    """Where the text report goes: stderr when stdout carries the JSON (``--json -``)."""
+    return sys.stderr if args.json == "-" else sys.stdout
 
 
 def _write_json(report: dict[str, Any], path: str) -> None:
+    if path == "-":
+        print(json.dumps(report, indent=2))
+        return
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
     print(f"wrote {path}")
 
 
 def _write_plot(plotter: Callable[[dict[str, Any], str], None], report: dict[str, Any],
-                path: str | None) -> int:
+                path: str | None, out: TextIO) -> int:
     if not path:
         return 0
     try:
@@ -137,7 +147,7 @@ def _write_plot(plotter: Callable[[dict[str, Any], str], None], report: dict[str
         print("lstm-stream bench: --plot needs matplotlib (pip install matplotlib)",
               file=sys.stderr)
         return 1
-    print(f"wrote {path}")
+    print(f"wrote {path}", file=out)
     return 0
 
 
@@ -200,9 +210,10 @@ def _throughput(args: argparse.Namespace) -> int:
         settings.duration_s = 1.0 if args.duration is None else duration
         settings.warmup_s, settings.floor_b_runs = 0.2, min(args.steps, 1000)
     report = run_throughput(settings, TerminalProgress())
-    print(render_throughput(report))
+    out = _text_stream(args)
+    print(render_throughput(report), file=out)
     for note in {r["realtime"] for r in report["throughput"]} - {"not requested"}:
-        print(f"real-time priority: {note}")
+        print(f"real-time priority: {note}", file=out)
     if args.json:
         _write_json(report, args.json)
-    return _write_plot(plot_throughput, report, args.plot)
+    return _write_plot(plot_throughput, report, args.plot, out)

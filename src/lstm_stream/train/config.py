@@ -232,7 +232,7 @@ def load_train_config(path: str | Path | None = None,
     try:
         config.data.check_files()
     except ConfigError as err:
-        raise ConfigError(f"{path or 'defaults'}: {err}") from None
+        raise ConfigError(f"{path}: {err}" if path else str(err)) from None
     return config
 
 
