@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +101,153 @@ def test_demo_runs_and_outputs_match_the_reference(tmp_path: Path) -> None:
     assert "sent 600, outputs 600, stepped 600, rejected 0" in done.stdout
     assert "served (state carried) MAE" in done.stdout and "round trip  p50" in done.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- what the CLI tells a user to type must exist -------------------------------------------
+
+# Modules whose messages every one of these commands prints: an option they name must
+# exist in each (a hint raised in logs/reader.py reaches eval and replay alike).
+SHARED_BY = {
+    "logs/reader.py": ("eval", "replay"),
+    "config.py": ("serve", "eval"),
+    "snapshot.py": ("serve",),
+    "evaluate.py": ("eval",),
+    "cluster.py": ("eval",),
+    "logs/record.py": ("record",),
+    "logs/recover.py": ("log recover",),
+}
+# Modules that hold the texts of several commands: an option must exist in one of them.
+ONE_OF = {
+    "bench/": ("bench", "serve"),  # also builds serve command lines
+    "cli.py": ("serve", "info", "control", "demo"),
+    "client.py": ("serve", "control"),
+    "demo.py": ("demo", "serve"),
+    "logs/cli.py": ("record", "replay", "eval", "log info", "log recover"),
+    "replay.py": ("replay", "serve"),
+    "security/": ("keys generate", "control"),
+    "sim/": ("record", "serve"),
+    "train/": ("train", "export"),
+}
+# Options of other programs that messages quote or start: `ray start ...`, `torchrun ...`,
+# and the bench's comparison servers (`python -m lstm_stream.bench.servers --impl ...`).
+OTHER_PROGRAMS = {"--head", "--port", "--address", "--node-ip-address", "--include-dashboard",
+                  "--disable-usage-stats", "--nproc_per_node", "--impl", "--busy-poll-us"}
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*")
+
+
+def _options_by_command() -> dict[str, set[str]]:
+    from lstm_stream.cli import build_parser
+
+    found: dict[str, set[str]] = {}
+
+    def walk(parser: argparse.ArgumentParser, name: str) -> None:
+        found[name] = {o for a in parser._actions for o in a.option_strings}
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    walk(sub, f"{name} {sub_name}".strip())
+
+    walk(build_parser(), "")
+    top = found.pop("")
+    return {name: opts | top for name, opts in found.items()}
+
+
+def _hints() -> list[tuple[str, int, str]]:
+    """(module, line, flag) for every ``--flag`` in a string of the package, except
+    docstrings and what argparse itself shows (option names, help, examples)."""
+    root = REPO / "src" / "lstm_stream"
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        skip = set()
+        for node in ast.walk(tree):
+            func = node.func if isinstance(node, ast.Call) else None
+            name = getattr(func, "attr", getattr(func, "id", ""))
+            if name in ("add_argument", "add_parser", "add_argument_group", "ArgumentParser"):
+                skip.update(id(sub) for sub in ast.walk(node))
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+                skip.add(id(body[0].value))  # a docstring: read by developers, not printed
+        module = str(path.relative_to(root))
+        out += [(module, node.lineno, flag) for node in ast.walk(tree)
+                if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                and id(node) not in skip for flag in FLAG.findall(node.value)]
+    return out
+
+
+def _owners(module: str, table: dict[str, tuple[str, ...]]) -> tuple[str, ...] | None:
+    return next((cmds for prefix, cmds in table.items() if module.startswith(prefix)), None)
+
+
+def test_every_option_a_message_names_exists_where_it_is_printed() -> None:
+    options = _options_by_command()
+    hints = _hints()
+    assert ("logs/reader.py", "--topics") in {(m, f) for m, _, f in hints}  # it does scan
+    wrong = []
+    for module, line, flag in hints:
+        shared, one_of = _owners(module, SHARED_BY), _owners(module, ONE_OF)
+        assert shared or one_of, f"{module}: add it to SHARED_BY or ONE_OF"
+        if flag in OTHER_PROGRAMS:
+            continue
+        if shared:
+            wrong += [f"{module}:{line} names {flag}, which `lstm-stream {cmd}` lacks"
+                      for cmd in shared if flag not in options[cmd]]
+        elif one_of and not any(flag in options[cmd] for cmd in one_of):
+            wrong.append(f"{module}:{line} names {flag}, which none of {one_of} has")
+    assert not wrong, "\n".join(wrong)
+
+
+# -- outputs a script can rely on ------------------------------------------------------------
+
+
+def test_every_json_output_is_exactly_one_document(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "tests" / "logs"))
+    from logfixtures import write_drive
+
+    log = write_drive(tmp_path / "drive.mcap", streams=1, steps=10)
+    runs = {
+        "info": cli("info", str(MODEL), "--json"),
+        "log info": cli("log", "info", str(log), "--json"),
+        "eval": cli("eval", str(log), "--model", str(MODEL), "--json", "--report",
+                    str(tmp_path / "out")),
+        "bench": cli("--log-level", "warning", "bench", "--throughput", "--quick", "--streams",
+                     "1", "--duration", "0.3", "--steps", "50", "--servers", "decode",
+                     "--model", str(MODEL), "--json", "-"),
+    }
+    with VehicleStack() as stack, serve_process(MODEL, stack.sensors_endpoint) as served:
+        runs["control"] = cli("control", "status", "--control", served.control)
+        runs["replay"] = cli("replay", str(log), "--output", stack.sensors_endpoint,
+                             "--connect", "--no-wait", "--rate", "0", "--json")
+    for name, done in runs.items():
+        assert done.returncode == 0, (name, done.stderr)
+        json.loads(done.stdout)  # one document, nothing before or after it
+    assert "eval: report in" in runs["eval"].stderr  # human lines go to stderr
+    assert "throughput" in runs["bench"].stderr
+
+
+def test_output_into_a_closed_pipe_exits_quietly() -> None:
+    def shell(reader: str) -> subprocess.CompletedProcess[str]:
+        line = (f"{sys.executable} -m lstm_stream info {MODEL} | {reader}; "
+                'echo "status ${PIPESTATUS[0]}" >&2')
+        return subprocess.run(["bash", "-c", line], cwd=REPO, capture_output=True, text=True,
+                              timeout=60)
+
+    head = shell("head -1")
+    assert head.stdout.startswith("model ") and len(head.stdout.splitlines()) == 1
+    assert "Traceback" not in head.stderr and "Error" not in head.stderr, head.stderr
+    gone = shell("true")  # the reader has exited before the first line is written
+    assert gone.stderr.strip() == "status 141"  # quietly, as a Unix tool killed by SIGPIPE
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("--set", "state.idle_timeout=2"), "lstm-stream serve: error: --set state.idle_timeout=2: "
+     "unknown option 'state.idle_timeout'; did you mean 'state.idle_timeout_s'?"),
+    (("--set", "state.max_streams=0"), "--set state.max_streams=0: 'state.max_streams' must "
+     "be between 1 and 1000000"),
+    (("--input", "localhost:5555"), "--input: 'input.endpoint' must be a ZeroMQ endpoint"),
+])
+def test_config_errors_blame_the_option_that_was_typed(args: tuple[str, ...],
+                                                        says: str) -> None:
+    done = cli("serve", str(MODEL), *args)
+    assert done.returncode == 2
+    assert says in done.stderr and "defaults" not in done.stderr

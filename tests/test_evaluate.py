@@ -4,6 +4,7 @@ parity with a live `serve` fed by `replay`, metrics, the reference check and bad
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ from lstm_stream.logs.writer import LogWriter
 from lstm_stream.protocol import encode_sensor
 from lstm_stream.replay import ReplayConfig, Replayer
 
-from support import REPO, VehicleStack, serve_process
+from make_model import build_step_model
+from support import REPO, VehicleStack, poisoned_model, serve_process
 
 MODEL = str(REPO / "models" / "random_lstm.onnx")
 
@@ -165,3 +167,102 @@ def test_missing_target_topic_names_file_and_topics(tmp_path: Path) -> None:
     log = write_drive(tmp_path / "drive.mcap", steps=5, targets=False)
     with pytest.raises(LogError, match=r"drive.mcap.*no messages on topic\(s\) controls"):
         evaluate([log], EvalOptions(model=MODEL, target_topic="controls"))
+
+
+def _json_channel_log(path: Path) -> Path:
+    """An MCAP file another tool wrote: a json-encoded sensors channel with a JSON schema,
+    written with the official mcap library (not the project's writer)."""
+    from mcap.writer import Writer
+
+    with open(path, "wb") as f:
+        writer = Writer(f)
+        writer.start(profile="", library="another-tool")
+        schema = writer.register_schema("Sensor", "jsonschema", json.dumps(
+            {"type": "object", "properties": {"seq": {"type": "integer"}}}).encode())
+        channel = writer.register_channel("sensors", "json", schema)
+        for k in range(5):
+            writer.add_message(channel, T0 + k, json.dumps({"seq": k, "x": [0.0] * 16}).encode(),
+                               T0 + k)
+        writer.finish()
+    return path
+
+
+def test_a_json_encoded_channel_is_named_not_counted_as_rejections(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = _json_channel_log(tmp_path / "other.mcap")
+    with pytest.raises(LogError, match=r"channel sensors is json-encoded .schema 'Sensor', "
+                       r"jsonschema.; lstm-stream reads msgpack channels"):
+        evaluate([log], EvalOptions(model=MODEL))
+    assert main(["eval", str(log), "--model", MODEL]) == 1
+    assert "is json-encoded" in capsys.readouterr().err
+    with pytest.raises(LogError, match="json-encoded"):
+        Replayer(ReplayConfig([log], output="tcp://127.0.0.1:*", rate=0))
+    assert main(["log", "info", str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "json, schema Sensor (jsonschema)" in out
+    assert main(["log", "info", str(log), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["topics"]["sensors"]["encoding"] == "json"
+    assert info["topics"]["sensors"]["schema"] == {"name": "Sensor", "encoding": "jsonschema"}
+
+
+def test_a_log_whose_messages_are_all_rejected_fails_and_names_the_reason(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    small = tmp_path / "small.onnx"
+    small.write_bytes(build_step_model(features=10).SerializeToString())
+    log = write_drive(tmp_path / "drive.mcap", streams=2, steps=100)  # 16 features
+    assert main(["eval", str(log), "--model", str(small), "--report", str(tmp_path / "r")]) == 1
+    captured = capsys.readouterr()
+    assert ("200 of 200 messages rejected: wrong_length ('x' is 64 bytes; the model takes 10 "
+            "float32 features = 40 bytes)") in captured.err
+    assert "lstm-stream eval: error: Nothing was stepped in" in captured.err
+    # the per-stream table and its summary row show the top reasons
+    assert "| 100 (wrong_length 100) |" in captured.out
+    assert "| **all** | | 0 | 200 (wrong_length 200) |" in captured.out
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["logs"][0]["rejection_examples"]["wrong_length"].startswith("'x' is 64 bytes")
+    assert report["logs"][0]["streams"][0]["rejections"] == {"wrong_length": 100}
+
+
+def test_eval_json_is_one_document_and_other_lines_go_to_stderr(tmp_path: Path) -> None:
+    log = write_drive(tmp_path / "drive.mcap", streams=1, steps=20)
+    done = subprocess.run([sys.executable, "-m", "lstm_stream", "eval", str(log), "--model",
+                           MODEL, "--json", "--report", str(tmp_path / "out") + "/",
+                           "--reference", str(tmp_path / "ref") + "/", "--update-reference"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)  # exactly one JSON document
+    assert report["stepped"] == 20
+    assert f"eval: report in {tmp_path / 'out' / 'report.json'}" in done.stderr  # no '//'
+    # a trailing slash means a directory, even for one log and before it exists
+    assert (tmp_path / "ref" / "drive.policy.mcap").is_file()
+    assert main(["eval", str(log), "--model", MODEL, "--reference", str(tmp_path / "ref")]) == 0
+
+
+def test_eval_topics_option_chooses_the_sensor_topics(tmp_path: Path) -> None:
+    log = tmp_path / "lidar.mcap"
+    with LogWriter(log) as w:
+        for k in range(6):
+            w.write("lidar", encode_sensor(k, np.zeros(16, np.float32), stream="car"), T0 + k)
+    with pytest.raises(LogError, match=r"no messages on topic.*sensors.*it has: lidar. Choose "
+                       "topics with --topics"):
+        evaluate([log], EvalOptions(model=MODEL))
+    assert main(["eval", str(log), "--model", MODEL, "--topics", "lidar"]) == 0
+    assert len(outputs(tmp_path / "lidar.policy.mcap")) == 6
+
+
+def test_eval_rejects_non_finite_model_outputs_as_serve_does(tmp_path: Path) -> None:
+    model = poisoned_model(tmp_path / "nan.onnx", "y")
+    log = tmp_path / "drive.mcap"
+    with LogWriter(log) as w:
+        for k in range(10):
+            x = np.ones(16, np.float32)
+            x[0] = -1.0 if k in (2, 7) else 1.0
+            w.write("sensors", encode_sensor(k, x, stream="car"), T0 + k)
+    (result,) = evaluate([log], EvalOptions(model=str(model))).logs
+    assert result.stepped == 8 and result.rejected == {"bad_output": 2}
+    outs = outputs(tmp_path / "drive.policy.mcap")
+    assert [o["seq"] for o in outs] == [0, 1, 3, 4, 5, 6, 8, 9]
+    assert all(np.isfinite(o["y"]).all() for o in outs)
+    diags = outputs(tmp_path / "drive.policy.mcap", "diagnostics")
+    assert [(d["reason"], d["seq"]) for d in diags] == [("bad_output", 2), ("bad_output", 7)]

@@ -109,6 +109,7 @@ class StreamResult:
     rejected: int = 0
     resets: dict[str, int] = field(default_factory=dict)
     errors: ErrorSums = field(default_factory=ErrorSums)
+    rejections: dict[str, int] = field(default_factory=dict)  # by reason
 
 
 @dataclass
@@ -120,6 +121,7 @@ class LogResult:
     messages: int = 0  # sensor messages read
     stepped: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    rejection_examples: dict[str, str] = field(default_factory=dict)  # first detail per reason
     targets: int = 0
     targets_rejected: int = 0
     unmatched_outputs: int = 0  # outputs without a target (when a target topic is given)
@@ -134,10 +136,26 @@ class LogResult:
             total.merge(s.errors)
         return total
 
+    def rejection_summary(self, top: int = 3) -> str:
+        """``"200 of 200 messages rejected: wrong_length ('x' has 16 values; ...)"``, or ""."""
+        total = sum(self.rejected.values())
+        if not total:
+            return ""
+        reasons = sorted(self.rejected.items(), key=lambda kv: (-kv[1], kv[0]))
+        parts = []
+        for reason, n in reasons[:top]:
+            count = f" {n}" if len(reasons) > 1 else ""
+            example = self.rejection_examples.get(reason)
+            parts.append(f"{reason}{count}" + (f" ({example})" if example else ""))
+        more = len(reasons) - top
+        return (f"{total} of {self.messages} messages rejected: " + "; ".join(parts)
+                + (f"; and {more} other reason(s)" if more > 0 else ""))
+
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["streams"] = [{"stream": s.stream, "stepped": s.stepped, "rejected": s.rejected,
-                           "resets": s.resets, **s.errors.metrics()} for s in self.streams]
+                           "rejections": s.rejections, "resets": s.resets,
+                           **s.errors.metrics()} for s in self.streams]
         out["metrics"] = self.errors().metrics()
         del out["histogram"]
         return out
@@ -204,6 +222,7 @@ class _LogEvaluation:
             reader.require_topics(opts.sensor_topics)
         if opts.target_topic is not None:
             reader.require_topics([opts.target_topic])
+        reader.require_msgpack([*sensors, *([opts.target_topic] if opts.target_topic else [])])
         self.result.problems = [str(p) for p in reader.problems]
         wanted = sensors + ([opts.target_topic] if opts.target_topic else [])
         progress.start(f"eval {self.path.name}", reader.message_count(wanted))
@@ -243,9 +262,13 @@ class _LogEvaluation:
         out = self.stepper.step([topic.encode(), data], t)
         if type(out) is Rejection:
             assert isinstance(out, Rejection)
-            self.result.rejected[out.reason] = self.result.rejected.get(out.reason, 0) + 1
+            result = self.result
+            result.rejected[out.reason] = result.rejected.get(out.reason, 0) + 1
+            result.rejection_examples.setdefault(out.reason, out.detail)
             if out.stream is not None:
-                self._stream(out.stream).rejected += 1
+                s = self._stream(out.stream)
+                s.rejected += 1
+                s.rejections[out.reason] = s.rejections.get(out.reason, 0) + 1
             writer.write(self.options.diagnostics_topic, self.packer.pack(out.to_wire()), t)
             return
         assert not isinstance(out, Rejection)
@@ -347,7 +370,8 @@ def evaluate_log_plain(path: str, options: dict[str, Any]) -> dict[str, Any] | s
 def _result_from_dict(data: dict[str, Any]) -> LogResult:
     data = dict(data)
     streams = [StreamResult(s["stream"], s["stepped"], s["rejected"], s["resets"],
-                            ErrorSums(**s["errors"])) for s in data.pop("streams")]
+                            ErrorSums(**s["errors"]), s["rejections"])
+               for s in data.pop("streams")]
     return LogResult(**data, streams=streams)
 
 
@@ -430,18 +454,30 @@ def render_table(report: EvalReport) -> str:
     """The per-stream (per-episode) table as Markdown."""
     lines = ["| log | stream | stepped | rejected | resets | matched | MAE | RMSE | max |",
              "|---|---|---|---|---|---|---|---|---|"]
+    rejected: dict[str, int] = {}
     for r in report.logs:
+        for reason, n in r.rejected.items():
+            rejected[reason] = rejected.get(reason, 0) + n
         for s in r.streams:
             m = s.errors.metrics()
             resets = ", ".join(f"{k} {v}" for k, v in sorted(s.resets.items()))
-            lines.append(f"| {Path(r.log).name} | {s.stream} | {s.stepped} | {s.rejected} | "
-                         f"{resets} | {m['matched']} | {_num(m['mae'])} | {_num(m['rmse'])} | "
-                         f"{_num(m['max_error'])} |")
+            lines.append(f"| {Path(r.log).name} | {s.stream} | {s.stepped} | "
+                         f"{_reasons(s.rejected, s.rejections)} | {resets} | {m['matched']} | "
+                         f"{_num(m['mae'])} | {_num(m['rmse'])} | {_num(m['max_error'])} |")
     o = report.overall()
     lines.append(f"| **all** | | {sum(r.stepped for r in report.logs)} | "
-                 f"{sum(sum(r.rejected.values()) for r in report.logs)} | | {o['matched']} | "
+                 f"{_reasons(sum(rejected.values()), rejected)} | | {o['matched']} | "
                  f"{_num(o['mae'])} | {_num(o['rmse'])} | {_num(o['max_error'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _reasons(total: int, by_reason: dict[str, int], top: int = 3) -> str:
+    """``"12 (wrong_length 10, stale_seq 2)"``: the count and its top reasons."""
+    if not total:
+        return "0"
+    reasons = sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{k} {v}" for k, v in reasons[:top])
+    return f"{total} ({shown}{', ...' if len(reasons) > top else ''})"
 
 
 def _num(v: float | int | None) -> str:

@@ -188,6 +188,8 @@ class Replayer:
         self.out_topics = {t: self.config.remap.get(t, t).encode()
                            for r in self.readers for t in r.topics()
                            if topics is None or t in topics}
+        for reader in self.readers:  # another tool's json or cdr would reach a runner as junk
+            reader.require_msgpack(t for t in reader.topics() if t in self.out_topics)
         unknown = [t for t in self.config.remap if t not in self.out_topics]
         if unknown:
             raise ConfigError(f"--remap names topic(s) {', '.join(unknown)} that are not "

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TextIO
 
-from lstm_stream.errors import ConfigError, LogError
+from lstm_stream.errors import ConfigError, EvaluationError, LogError
 
 RECORD_EPILOG = """\
 examples:
@@ -266,14 +266,17 @@ def _add_eval(sub: Any) -> None:
                    "and input topics (default: the built-in defaults, as serve)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.FIELD=VALUE", help="override a runner config option")
+    p.add_argument("--topics", help="comma-separated sensor topics (prefixes, as serve "
+                   "subscribes; default: input.topics of the config, 'sensors')")
     p.add_argument("--backend", choices=["onnxruntime", "numpy", "torch"],
                    help="step backend (default: model.backend of the config)")
     p.add_argument("--target-topic", help="topic of the recorded targets to score against")
     p.add_argument("--target-key", default="y", help="key of the target array (default y)")
     p.add_argument("--report", metavar="DIR", help="write report.json, report.md, PNG plots "
                    "and the output files into DIR")
-    p.add_argument("--reference", metavar="OUT.mcap|DIR", help="compare the outputs with this "
-                   "reference (a directory of <log>.policy.mcap for several logs)")
+    p.add_argument("--reference", metavar="OUT.mcap|DIR/", help="compare the outputs with "
+                   "this reference: a file, or a directory of <log>.policy.mcap (several "
+                   "logs, an existing directory, or a path ending in /)")
     p.add_argument("--update-reference", action="store_true",
                    help="write the outputs as the new reference instead of comparing")
     p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (1e-5)")
@@ -284,7 +287,8 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("--ray", metavar="ADDRESS", help="run one task per log on the Ray cluster "
                    "at HOST:PORT, or auto (RAY_ADDRESS or a head on this machine); needs "
                    "the [cluster] extra")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON document "
+                   "on stdout (other lines go to stderr)")
     p.set_defaults(handler=_eval)
 
 
@@ -301,11 +305,14 @@ def _eval(args: argparse.Namespace) -> int:
                           f"{args.workers} with --ray {args.ray}.")
     if args.update_reference and not args.reference:
         raise ConfigError("--update-reference needs --reference PATH (where to write it).")
-    overrides = list(args.overrides)
-    for key, value in (("model.path", args.model), ("model.backend", args.backend)):
+    overrides, labels = list(args.overrides), {}
+    for key, flag, value in (("model.path", "--model", args.model),
+                             ("model.backend", "--backend", args.backend),
+                             ("input.topics", "--topics", _topics(args.topics))):
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
-    cfg = load_runner_config(args.config, overrides)
+            labels[key] = flag
+    cfg = load_runner_config(args.config, overrides, labels)
     options = evaluate.EvalOptions(
         model=cfg.model.path, backend=cfg.model.backend, threads=cfg.model.threads,
         sensor_topics=list(cfg.input.topics), target_topic=args.target_topic,
@@ -315,41 +322,54 @@ def _eval(args: argparse.Namespace) -> int:
         output_topic=cfg.output.topic, diagnostics_topic=cfg.output.diagnostics_topic)
     report = evaluate.evaluate(args.logs, options, workers=args.workers, progress=_progress(),
                                ray_address=args.ray)
+    # With --json, stdout carries exactly one JSON document; every other line is stderr's.
+    lines = sys.stderr if args.json else sys.stdout
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
     else:
         print(evaluate.render_table(report), end="")
     for result in report.logs:
         print(f"eval: {result.log}: {result.stepped} stepped, "
-              f"{sum(result.rejected.values())} rejected -> {result.output}")
+              f"{sum(result.rejected.values())} rejected -> {result.output}", file=lines)
+        if result.rejected:
+            print(f"eval: {result.log}: {result.rejection_summary()}", file=lines)
         for problem in result.problems:
-            print(f"eval: {result.log}: damaged, {problem}")
+            print(f"eval: {result.log}: damaged, {problem}", file=lines)
     if args.report:
-        print(f"eval: report in {args.report}/report.json")
+        print(f"eval: report in {Path(args.report) / 'report.json'}", file=lines)
+    nothing = [r for r in report.logs if r.stepped == 0]
+    if nothing:
+        raise EvaluationError("Nothing was stepped in " + "; ".join(
+            f"{r.log}: {r.rejection_summary() or 'it has no sensor messages'}" for r in nothing)
+            + ". Check that the log's sensor messages fit the model (`lstm-stream info MODEL`, "
+            "`lstm-stream log info LOG`).")
     if args.reference:
-        _reference(evaluate, report, args)
+        _reference(evaluate, report, args, lines)
     return 0
 
 
-def _reference(evaluate: ModuleType, report: Any, args: argparse.Namespace) -> None:
+def _reference(evaluate: ModuleType, report: Any, args: argparse.Namespace,
+               lines: TextIO) -> None:
     ref = Path(args.reference)
     ignore = [f.strip() for item in args.ignore for f in item.split(",") if f.strip()]
     several = len(report.logs) > 1
     if several and ref.exists() and not ref.is_dir():
         raise ConfigError(f"--reference {str(ref)!r} must be a directory when evaluating "
                           "several logs (it holds one <log>.policy.mcap per log).")
+    # a trailing slash says "directory" even before the directory exists
+    as_dir = several or ref.is_dir() or args.reference.endswith(("/", os.sep))
     for result in report.logs:
         out = Path(result.output)
-        target = ref / out.name if several or ref.is_dir() else ref
+        target = ref / out.name if as_dir else ref
         if args.update_reference:
             target.parent.mkdir(parents=True, exist_ok=True)
             if out.resolve() != target.resolve():
                 shutil.copyfile(out, target)
-            print(f"eval: reference updated: {target}")
+            print(f"eval: reference updated: {target}", file=lines)
         else:
             evaluate.check_reference(out, target, atol=args.atol, rtol=args.rtol, ignore=ignore)
             print(f"eval: {out.name} matches the reference {target} (atol {args.atol:g}, "
-                  f"rtol {args.rtol:g})")
+                  f"rtol {args.rtol:g})", file=lines)
 
 
 # -- log info / recover -----------------------------------------------------------

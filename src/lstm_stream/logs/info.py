@@ -55,7 +55,11 @@ def summarize(path: str | Path) -> dict[str, Any]:
             t["not_stream_messages"] += 1
             continue
         streams.setdefault((msg.topic, key[0]), _StreamSeq()).add(key[1])
-    for t in topics.values():
+    for name, t in topics.items():
+        schema = reader.schema(name)
+        t["encoding"] = reader.encoding(name)
+        t["schema"] = None if schema is None else {"name": schema.name,
+                                                   "encoding": schema.encoding}
         span = (t["last_ns"] - t["first_ns"]) / 1e9
         t["duration_s"] = span
         t["rate_hz"] = (t["messages"] - 1) / span if span > 0 else None
@@ -93,8 +97,11 @@ def render(info: dict[str, Any]) -> str:
              f"messages  {info['messages']} over {info['duration_s']:.3f} s", "", "topics:"]
     for name, t in info["topics"].items():
         rate = f"{t['rate_hz']:.1f} Hz" if t["rate_hz"] else "-"
+        schema = t["schema"]
+        encoding = t["encoding"] + (f", schema {schema['name']} ({schema['encoding']})"
+                                    if schema else "")
         lines.append(f"  {name:<20} {t['messages']:>9} msgs  {rate:>12}  "
-                     f"{t['duration_s']:9.3f} s  {t['bytes'] / 1e3:10.1f} kB")
+                     f"{t['duration_s']:9.3f} s  {t['bytes'] / 1e3:10.1f} kB  {encoding}")
     if info["streams"]:
         lines += ["", "streams:"]
         for s in info["streams"]:

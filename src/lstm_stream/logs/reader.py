@@ -31,9 +31,10 @@ from typing import IO, Any
 
 from mcap.data_stream import ReadDataStream
 from mcap.opcode import Opcode
-from mcap.records import Channel, Chunk, Header, Metadata
+from mcap.records import Channel, Chunk, Header, Metadata, Schema
 
 from lstm_stream.errors import LogError
+from lstm_stream.logs import format as fmt
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,16 @@ class ChannelInfo:
     topic: str
     message_encoding: str
     metadata: dict[str, str]
+    schema_id: int = 0  # 0: no schema (msgpack needs none)
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaInfo:
+    """A channel's schema as the file declares it (its data is not interpreted here)."""
+
+    id: int
+    name: str
+    encoding: str  # e.g. "jsonschema", "ros2msg", "protobuf"
 
 
 class LogReader:
@@ -96,6 +107,7 @@ class LogReader:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.channels: dict[int, ChannelInfo] = {}
+        self.schemas: dict[int, SchemaInfo] = {}
         self.metadata: dict[str, dict[str, str]] = {}
         self.problems: list[LogProblem] = []
         self.library = ""
@@ -151,6 +163,32 @@ class LogReader:
     def truncated(self) -> bool:
         """True when the file ends before its footer (a writer killed or still writing)."""
         return not self.complete
+
+    def encoding(self, topic: str) -> str:
+        """The message encoding of ``topic``'s channel(s), joined by "," when they differ."""
+        found = sorted({ch.message_encoding for ch in self.channels.values()
+                        if ch.topic == topic})
+        return ",".join(found)
+
+    def schema(self, topic: str) -> SchemaInfo | None:
+        """The schema of ``topic``'s first channel that has one."""
+        for ch in self.channels.values():
+            if ch.topic == topic and ch.schema_id in self.schemas:
+                return self.schemas[ch.schema_id]
+        return None
+
+    def require_msgpack(self, topics: Iterable[str]) -> None:
+        """Raise LogError when one of ``topics`` is not msgpack-encoded: lstm-stream
+        reads the payloads of msgpack channels only (docs/logs.md)."""
+        for topic in topics:
+            encoding = self.encoding(topic)
+            if encoding and encoding != fmt.MESSAGE_ENCODING:
+                schema = self.schema(topic)
+                described = f" (schema {schema.name!r}, {schema.encoding})" if schema else ""
+                raise LogError(f"Log {str(self.path)!r}: channel {topic} is {encoding}-encoded"
+                               f"{described}; lstm-stream reads msgpack channels. Choose other "
+                               "topics, or convert this channel's messages to lstm-stream's "
+                               "msgpack sensor messages (docs/logs.md).")
 
     def require_topics(self, topics: Iterable[str]) -> None:
         """Raise LogError naming the file, the missing topics and the ones it has."""
@@ -334,12 +372,16 @@ class _Scanner:
                     seg.end_ns = max(seg.end_ns, log_time)
                 elif opcode_in == Opcode.CHANNEL:
                     self._channel(pos, bytes(rec))
+                elif opcode_in == Opcode.SCHEMA:
+                    self._schema(pos, bytes(rec))
             if seg.counts:
                 r._segments.append(seg)
-        elif opcode in (Opcode.CHANNEL, Opcode.METADATA, Opcode.HEADER):
+        elif opcode in (Opcode.CHANNEL, Opcode.SCHEMA, Opcode.METADATA, Opcode.HEADER):
             body = self.f.read(length)
             if opcode == Opcode.CHANNEL:
                 self._channel(pos, body)
+            elif opcode == Opcode.SCHEMA:
+                self._schema(pos, body)
             elif opcode == Opcode.METADATA:
                 meta = _parse(Metadata, body, pos, r.problems)
                 if meta is not None:
@@ -353,7 +395,12 @@ class _Scanner:
         ch = _parse(Channel, body, pos, self.r.problems)
         if ch is not None:
             self.r.channels[ch.id] = ChannelInfo(ch.id, ch.topic, ch.message_encoding,
-                                                 dict(ch.metadata))
+                                                 dict(ch.metadata), ch.schema_id)
+
+    def _schema(self, pos: int, body: bytes) -> None:
+        schema = _parse(Schema, body, pos, self.r.problems)
+        if schema is not None:
+            self.r.schemas[schema.id] = SchemaInfo(schema.id, schema.name, schema.encoding)
 
 
 def _parse(cls: Any, body: bytes, pos: int, problems: list[LogProblem]) -> Any:

@@ -342,6 +342,7 @@ class LogSource:
         try:
             reader = LogReader(self.path)
             topics = [self.data.sensor_topic, self.data.target_topic]
+            reader.require_msgpack(topics)
             for msg in reader.messages(topics=topics):
                 if msg.topic == self.data.sensor_topic:
                     sensors.append(self._sensor(msg.data, msg.log_time_ns, msg.sequence))
