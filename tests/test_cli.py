@@ -115,11 +115,13 @@ SHARED_BY = {
     "cluster.py": ("eval",),
     "logs/record.py": ("record",),
     "logs/recover.py": ("log recover",),
+    "model_io.py": ("serve", "eval", "info", "check"),
+    "backends/torch.py": ("check",),
 }
 # Modules that hold the texts of several commands: an option must exist in one of them.
 ONE_OF = {
     "bench/": ("bench", "serve"),  # also builds serve command lines
-    "cli.py": ("serve", "info", "control", "demo"),
+    "cli.py": ("serve", "info", "check", "control", "demo"),
     "client.py": ("serve", "control"),
     "demo.py": ("demo", "serve"),
     "logs/cli.py": ("record", "replay", "eval", "log info", "log recover"),

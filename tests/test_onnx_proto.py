@@ -254,14 +254,32 @@ def test_inconsistent_tensors_are_refused() -> None:
         read_model(_model_with_initializer(bf16))
 
 
-def test_external_data_is_refused(tmp_path: Path) -> None:
+def test_external_data_is_read_beside_the_model(tmp_path: Path) -> None:
     model = build_step_model(layers=1, hidden=4, features=3)
+    inline = read_model(model.SerializeToString())  # before save_model moves the tensors out
     path = tmp_path / "external.onnx"
-    onnx.save_model(model, str(path), save_as_external_data=True,
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="external.onnx.data", size_threshold=0)  # fmt: skip
-    assert (tmp_path / "external.onnx.data").exists()
-    with pytest.raises(ModelFormatError, match="external file, which is not supported"):
+    data_file = tmp_path / "external.onnx.data"
+    assert data_file.exists()
+    contract = load_contract(path)  # reads the data file beside it
+    assert contract.graph is not None and set(contract.external) == {"external.onnx.data"}
+    for name, array in inline.initializers.items():
+        np.testing.assert_array_equal(contract.graph.initializers[name], array)
+    # the identity covers the data file: a changed data file is another model
+    blob = bytearray(data_file.read_bytes())
+    blob[-1] ^= 1
+    data_file.write_bytes(bytes(blob))
+    assert load_contract(path).sha256 != contract.sha256
+    # bytes alone cannot be read: say so, and how to re-export with the data inside
+    with pytest.raises(ModelFormatError, match=r"keeps its data in the external file "
+                       r"'external.onnx.data'(.|\n)*external_data=False") as info:
         read_model(path.read_bytes(), source=str(path))
+    assert "truncated" not in str(info.value)
+    data_file.unlink()
+    with pytest.raises(ModelFormatError, match=r"external data file .*external.onnx.data', "
+                       r"which could not be read"):
+        load_contract(path)
 
 
 def test_load_contract_of_a_truncated_file_names_the_path(

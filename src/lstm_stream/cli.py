@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(sub)
     _add_info(sub)
+    _add_check(sub)
     _add_control(sub)
     _add_demo(sub)
     for name in COMMAND_MODULES:
@@ -116,9 +117,52 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--backend", choices=["onnxruntime", "numpy", "torch"],
                    help="step backend (default onnxruntime)")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default 1)")
+    add_model_io_options(p)
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.FIELD=VALUE", help="override any config option; repeatable")
     p.set_defaults(handler=_serve)
+
+
+def add_model_io_options(p: argparse.ArgumentParser) -> None:
+    """``--io`` and ``--state``: the model's own names (sets ``model.io``)."""
+    p.add_argument("--io", metavar="x=INPUT,y=OUTPUT", type=_io_arg,
+                   help="the model's own names for its feature input and policy output, "
+                   "e.g. --io x=obs,y=action (model.io.x, model.io.y)")
+    p.add_argument("--state", dest="state_pairs", action="append", default=[],
+                   metavar="IN=OUT", type=_pair_arg, help="a state input and the output that "
+                   "returns it, e.g. --state h0=hn --state c0=cn; repeatable (model.io.states)")
+
+
+def model_io_overrides(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """``--io``/``--state`` as config overrides, and the labels that name them in errors."""
+    overrides: list[str] = []
+    labels: dict[str, str] = {}
+    for key, value in (args.io or {}).items():
+        overrides.append(f"model.io.{key}={json.dumps(value)}")
+        labels[f"model.io.{key}"] = "--io"
+    if args.state_pairs:
+        table = ", ".join(f"{json.dumps(i)} = {json.dumps(o)}" for i, o in args.state_pairs)
+        overrides.append(f"model.io.states={{{table}}}")
+        labels["model.io.states"] = "--state"
+    return overrides, labels
+
+
+def _io_arg(text: str) -> dict[str, str]:
+    out = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in ("x", "y") or not value.strip():
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not x=INPUT,y=OUTPUT (either or both), e.g. x=obs,y=action")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _pair_arg(text: str) -> tuple[str, str]:
+    name, sep, out = text.partition("=")
+    if not sep or not name.strip() or not out.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not IN=OUT, e.g. h0=hn")
+    return name.strip(), out.strip()
 
 
 def _shard_arg(text: str) -> tuple[int, int]:
@@ -136,7 +180,6 @@ def _serve(args: argparse.Namespace) -> int:
     from lstm_stream.config import load_runner_config
     from lstm_stream.runner import Runner
 
-    overrides = list(args.overrides)
     named = {"model.path": args.model, "input.endpoint": args.input,
              "input.bind": args.input_bind, "output.endpoint": args.output,
              "control.endpoint": args.control, "model.backend": args.backend,
@@ -148,7 +191,8 @@ def _serve(args: argparse.Namespace) -> int:
              "sharding.count": "--shard"}
     if args.shard is not None:
         named["sharding.index"], named["sharding.count"] = args.shard
-    labels = {}
+    overrides, labels = model_io_overrides(args)
+    overrides = [*args.overrides, *overrides]
     for key, value in named.items():
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
@@ -168,16 +212,78 @@ def _add_info(sub: Any) -> None:
                        description="Show what a model takes and returns, its state tensors "
                        "and metadata, and whether it follows the model contract.")
     p.add_argument("model", help="ONNX file")
+    add_model_io_options(p)
+    p.add_argument("--config", metavar="TOML", help="runner config whose [model.io] declares "
+                   "the model's names")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(handler=_info)
 
 
 def _info(args: argparse.Namespace) -> int:
+    from lstm_stream.config import load_runner_config
     from lstm_stream.info import describe, render
 
-    info = describe(args.model)
+    overrides, labels = model_io_overrides(args)
+    io = load_runner_config(args.config, overrides, labels).model.io.declared()
+    info = describe(args.model, io)
     print(json.dumps(info, indent=2) if args.json else render(info))
     return 0
+
+
+CHECK_EPILOG = """\
+examples:
+  lstm-stream check models/random_lstm.onnx
+  lstm-stream check policy.onnx --io y=action --torch policy.py:make_policy
+
+Steps random sequences message by message through the runner's own path (decode,
+state, batching across streams, the model's names, layouts and type adapted) and
+compares every output with a plain onnxruntime session fed in the model's own terms,
+and, with --torch, with the PyTorch module the model was exported from. Exits 1 when
+a difference exceeds the tolerance. Run it once before a model goes to the car.
+"""
+
+
+def _add_check(sub: Any) -> None:
+    p = sub.add_parser("check", help="check that serve outputs what the model computes",
+                       description="Serve random sequences through the runner's stepper and "
+                       "compare every output with independent references.",
+                       epilog=CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="ONNX step model")
+    add_model_io_options(p)
+    p.add_argument("--config", metavar="TOML", help="runner config whose [model.io] declares "
+                   "the model's names")
+    p.add_argument("--torch", metavar="FILE.py:FACTORY", help="also compare with the PyTorch "
+                   "module FACTORY() returns (needs torch); it is called with the model's "
+                   "inputs in the ONNX graph's order")
+    p.add_argument("--sequences", type=int, default=4, help="sequences (streams), default 4")
+    p.add_argument("--steps", type=int, default=20, help="messages per sequence, default 20")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.add_argument("--tolerance", type=float, help="largest allowed |difference| (default "
+                   "1e-5, 1e-2 for a float16 model)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from lstm_stream.check import check_model
+    from lstm_stream.config import load_runner_config
+
+    if args.sequences < 1 or args.steps < 1:
+        print("lstm-stream check: error: --sequences and --steps must be at least 1",
+              file=sys.stderr)
+        return 2
+    overrides, labels = model_io_overrides(args)
+    io = load_runner_config(args.config, overrides, labels).model.io.declared()
+    report = check_model(args.model, io, sequences=args.sequences, steps=args.steps,
+                         seed=args.seed, tolerance=args.tolerance, torch_factory=args.torch)
+    if args.json:
+        print(json.dumps({"model": report.model, "sequences": report.sequences,
+                          "steps": report.steps, "tolerance": report.tolerance,
+                          "differences": report.differences, "passed": report.passed},
+                         indent=2))
+    else:
+        print(report.render())
+    return 0 if report.passed else 1
 
 
 def _add_control(sub: Any) -> None:

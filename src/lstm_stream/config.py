@@ -19,10 +19,36 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lstm_stream.errors import ConfigError
+from lstm_stream.model_io import ModelIO
+
+STATE_LAYOUTS = ("", "layers_batch_hidden", "batch_layers_hidden")
 
 _ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
 _LOOPBACK_HOSTS = ("localhost", "::1", "[::1]", "lo")
 _HEX = frozenset("0123456789abcdef")
+
+
+@dataclass
+class ModelIOConfig:
+    """The model's own names for x, y and its state pairs, when they cannot be inferred
+    (docs/model-contract.md); empty values are inferred."""
+
+    x: str = ""  # the input that takes the feature vector
+    y: str = ""  # the output that is the policy output
+    states: dict[str, str] = field(default_factory=dict)  # state input -> state output
+    extras: list[str] = field(default_factory=list)  # extra outputs to publish; [] = all
+    state_layout: str = ""  # "" infer | "layers_batch_hidden" | "batch_layers_hidden"
+
+    def __post_init__(self) -> None:
+        _check(self.state_layout in STATE_LAYOUTS, "model.io.state_layout",
+               f"one of {STATE_LAYOUTS}", self.state_layout)
+        _check(len(set(self.states.values())) == len(self.states), "model.io.states",
+               "pairs with distinct outputs", self.states)
+
+    def declared(self) -> ModelIO:
+        """What the contract needs: the declaration as a ModelIO."""
+        return ModelIO(self.x, self.y, dict(self.states), tuple(self.extras),
+                       self.state_layout)
 
 
 @dataclass
@@ -33,6 +59,7 @@ class ModelConfig:
     backend: str = "onnxruntime"  # onnxruntime | numpy | torch
     threads: int = 1  # intra-op threads; 1 is fastest for small models
     sha256: str = ""  # pin: refuse to start when the model file's SHA-256 differs; "" = no pin
+    io: ModelIOConfig = field(default_factory=ModelIOConfig)
 
     def __post_init__(self) -> None:
         from lstm_stream.backends import BACKENDS  # local: backends import contract
@@ -337,6 +364,13 @@ def _coerce(name: str, hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(_at(where, f"{name!r} must be a list, got {value!r}."),
                               located=True)
         return [_coerce(f"{name}[{i}]", item_type, v, where) for i, v in enumerate(value)]
+    if origin is dict:
+        key_type, value_type = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(_at(where, f"{name!r} must be a table such as {{h0 = \"hn\"}}, "
+                                  f"got {value!r}."), located=True)
+        return {_coerce(f"{name} key", key_type, k, where):
+                _coerce(f"{name}.{k}", value_type, v, where) for k, v in value.items()}
     if origin in (types.UnionType, typing.Union):
         raise TypeError(f"unions are not supported in configs ({name})")
     if hint is bool:

@@ -32,6 +32,7 @@ import numpy as np
 
 from lstm_stream import __version__, local_pool
 from lstm_stream.errors import EvaluationError, LstmStreamError
+from lstm_stream.model_io import ModelIO
 from lstm_stream.progress import NullProgress, Progress
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,12 @@ class EvalOptions:
     max_message_bytes: int = 65536
     output_topic: str = "policy"
     diagnostics_topic: str = "diagnostics"
+    io: dict[str, Any] = field(default_factory=dict)  # ModelIO fields: the model's names
+
+    def model_io(self) -> ModelIO:
+        io = dict(self.io)
+        io["extras"] = tuple(io.get("extras", ()))
+        return ModelIO(**io)
 
     def output_path(self, log_path: Path) -> Path:
         chosen = self.output_dir or self.report_dir
@@ -197,7 +204,7 @@ class _LogEvaluation:
 
         self.path = path
         self.options = options
-        self.contract = load_contract(options.model)
+        self.contract = load_contract(options.model, options.model_io())
         backend = create_backend(options.backend, self.contract, threads=options.threads)
         self.stepper = StreamStepper(self.contract, backend, max_streams=options.max_streams,
                                      idle_timeout_s=options.idle_timeout_s,
@@ -272,15 +279,15 @@ class _LogEvaluation:
             writer.write(self.options.diagnostics_topic, self.packer.pack(out.to_wire()), t)
             return
         assert not isinstance(out, Rejection)
-        y = out.y[0].tolist()
-        payload = encode_output(self.packer, out.msg, y, out.step, out.reset, out.gap, 0)
+        y, extra = self.stepper.values(out)
+        payload = encode_output(self.packer, out.msg, y, out.step, out.reset, out.gap, 0, extra)
         writer.write(self.options.output_topic, payload, t)
         self.result.stepped += 1
         s = self._stream(out.msg.stream)
         s.stepped += 1
         if out.reset is not None:
             s.resets[out.reset] = s.resets.get(out.reset, 0) + 1
-        self.outputs[out.msg.stream].append((out.msg.seq, t, np.asarray(out.y[0], np.float64)))
+        self.outputs[out.msg.stream].append((out.msg.seq, t, np.asarray(y, np.float64)))
 
     def _expire(self, writer: Any, now: int) -> None:
         for stream in self.stepper.store.expire(now):
@@ -404,7 +411,8 @@ def evaluate(paths: Sequence[str | Path], options: EvalOptions, *, workers: int 
     if len(set(names)) != len(names):
         raise EvaluationError("Two logs have the same file name, so their outputs would "
                               "overwrite each other; rename one or evaluate them separately.")
-    sha = load_contract(options.model).sha256  # fail early on a bad model, in this process
+    # fail early on a bad model, in this process
+    sha = load_contract(options.model, options.model_io()).sha256
     if ray_address is not None:
         from lstm_stream.cluster import evaluate_on_ray  # imports ray: only when asked for
 

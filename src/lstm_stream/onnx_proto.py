@@ -38,6 +38,21 @@ STRING, FLOAT16, COMPLEX64, COMPLEX128 = 8, 10, 14, 15
 EXTERNAL = 1  # TensorProto.DataLocation
 T = TypeVar("T")
 
+# TensorProto.DataType -> the name users know it by (0: not a tensor type).
+ELEMENT_TYPE_NAMES = {
+    0: "not a tensor", 1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16",
+    6: "int32", 7: "int64", 8: "string", 9: "bool", 10: "float16", 11: "float64",
+    12: "uint32", 13: "uint64", 14: "complex64", 15: "complex128", 16: "bfloat16",
+}  # fmt: skip
+
+# How a tensor's external data file is read: its ``location`` -> the file's bytes.
+ExternalLoader = Callable[[str], bytes]
+
+
+def type_name(elem_type: int) -> str:
+    """``float16`` for 10: the name of an ONNX element type, for messages."""
+    return ELEMENT_TYPE_NAMES.get(elem_type, f"element type {elem_type}")
+
 
 @dataclass(frozen=True)
 class ValueInfo:
@@ -89,9 +104,10 @@ Fields = dict[int, list[_Field]]  # a message's fields by field number, in order
 class _Reader:
     """Walks protobuf fields over one buffer; every offset is absolute in that buffer."""
 
-    def __init__(self, data: bytes, source: str) -> None:
+    def __init__(self, data: bytes, source: str, external: ExternalLoader | None = None) -> None:
         self.data = data
         self.source = source
+        self.external = external
 
     def fail(self, what: str, offset: int) -> NoReturn:
         raise ModelFormatError(
@@ -213,9 +229,15 @@ class _Reader:
         return self.last(m, 1, self.string, ""), self.last(m, 2, self.string, "")
 
 
-def read_model(data: bytes, *, source: str = "<bytes>") -> OnnxModel:
-    """Parse a serialized ONNX ``ModelProto``."""
-    r = _Reader(bytes(data), source)
+def read_model(data: bytes, *, source: str = "<bytes>",
+               external: ExternalLoader | None = None) -> OnnxModel:
+    """Parse a serialized ONNX ``ModelProto``.
+
+    Tensors kept in external data files (torch's dynamo exporter writes
+    ``model.onnx.data``) are read through ``external``, which maps a tensor's
+    ``location`` to that file's bytes; without it such a model is refused.
+    """
+    r = _Reader(bytes(data), source, external)
     m = r.message()
     ir_version = r.last(m, 1, r.int64, 0)
     producer_name = r.last(m, 2, r.string, "")
@@ -301,15 +323,10 @@ def _read_attribute(r: _Reader, f: _Field) -> tuple[str, Any]:
 def _read_tensor(r: _Reader, f: _Field) -> tuple[str, np.ndarray]:
     m = r.message(f)
     name = r.last(m, 8, r.string, "")
-    external = m.get(13) or [g for g in m.get(14, []) if r.int64(g) == EXTERNAL]
-    if external:
-        r.fail(
-            f"tensor {name!r} keeps its data in an external file, which is not supported "
-            "(save the model with all tensors inside the .onnx file)",
-            external[0].start,
-        )
     dims = [v for g in m.get(1, []) for v in r.varints(g)]
     data_type = r.last(m, 2, r.int64, 0)
+    if 13 in m or any(r.int64(g) == EXTERNAL for g in m.get(14, [])):
+        return name, _external_tensor(r, m, name, dims, data_type)
     if any(d < 0 for d in dims):
         r.fail(f"tensor {name!r} has a negative dimension {dims}", f.start)
     count = math.prod(dims)
@@ -320,7 +337,8 @@ def _read_tensor(r: _Reader, f: _Field) -> tuple[str, np.ndarray]:
         strings = [r.bytes_(g).decode("utf-8", "replace") for g in m.get(6, [])]
         array: np.ndarray = np.array(strings, dtype=object)
     elif data_type not in DTYPES:
-        r.fail(f"tensor {name!r} has unsupported data type {data_type}", f.start)
+        r.fail(f"tensor {name!r} has unsupported data type {data_type} "
+               f"({type_name(data_type)})", f.start)
     elif raw is not None:
         dtype = DTYPES[data_type]
         if raw.end - raw.start != count * dtype.itemsize:
@@ -335,6 +353,39 @@ def _read_tensor(r: _Reader, f: _Field) -> tuple[str, np.ndarray]:
     if array.size != count:
         r.fail(f"tensor {name!r} has {array.size} values, expected {count} for {dims}", f.start)
     return name, array.reshape(dims).astype(array.dtype.newbyteorder("="), copy=False)
+
+
+def _external_tensor(r: _Reader, m: Fields, name: str, dims: list[int],
+                     data_type: int) -> np.ndarray:
+    """A tensor whose bytes are in an external data file (ONNX ``external_data``)."""
+    entries = dict(r.pairs(g) for g in m.get(13, []))
+    location = entries.get("location", "")
+    if r.external is None:
+        raise ModelFormatError(
+            f"ONNX model {r.source!r}: tensor {name!r} keeps its data in the external file "
+            f"{location!r}. Load the model from its path (lstm-stream reads the data files "
+            "beside it), or re-export with all tensors inside the .onnx file: "
+            "torch.onnx.export(..., external_data=False), or onnx.save(onnx.load(path), "
+            "path, save_as_external_data=False).")
+    if data_type not in DTYPES or data_type == STRING:
+        r.fail(f"tensor {name!r} has unsupported data type {data_type} "
+               f"({type_name(data_type)})", 0)
+    dtype = DTYPES[data_type]
+    count = math.prod(dims)
+    blob = r.external(location)
+    try:
+        offset = int(entries.get("offset", "0"))
+        length = int(entries.get("length", str(len(blob) - offset)))
+    except ValueError:
+        r.fail(f"tensor {name!r} has a non-integer external offset or length", 0)
+    if offset < 0 or length != count * dtype.itemsize or offset + length > len(blob):
+        raise ModelFormatError(
+            f"ONNX model {r.source!r}: tensor {name!r} should be {count * dtype.itemsize} "
+            f"bytes at offset {offset} of its data file {location!r} ({len(blob)} bytes), "
+            "which does not hold them: the data file does not belong to this model or is "
+            "truncated. Export the model and its data file again, together.")
+    array = np.frombuffer(blob, dtype=dtype, count=count, offset=offset).copy()
+    return array.reshape(dims).astype(array.dtype.newbyteorder("="), copy=False)
 
 
 def _typed_values(r: _Reader, data_type: int, m: Fields) -> np.ndarray:

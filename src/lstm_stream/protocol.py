@@ -285,12 +285,15 @@ def _kind(value: Any) -> str:
 
 
 def encode_output(packer: msgpack.Packer, msg: SensorMessage, y: list[float], step: int,
-                  reset: str | None, gap: int, latency_ns: int) -> bytes:
-    """Encode one policy output (keys in the order docs/protocol.md lists them)."""
-    out: bytes = packer.pack({
-        "stream": msg.stream, "seq": msg.seq, "stamp_ns": msg.stamp_ns, "y": y,
-        "step": step, "reset": reset, "gap": gap, "latency_ns": latency_ns,
-    })
+                  reset: str | None, gap: int, latency_ns: int,
+                  extra: dict[str, list[float]] | None = None) -> bytes:
+    """Encode one policy output (keys in the order docs/protocol.md lists them); ``extra``
+    holds the model's extra outputs by name, for models that have any."""
+    body = {"stream": msg.stream, "seq": msg.seq, "stamp_ns": msg.stamp_ns, "y": y,
+            "step": step, "reset": reset, "gap": gap, "latency_ns": latency_ns}
+    if extra is not None:
+        body["extra"] = extra
+    out: bytes = packer.pack(body)
     return out
 
 

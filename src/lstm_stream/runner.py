@@ -91,7 +91,8 @@ class Runner:
                  contract: ModelContract | None = None,
                  backend: StepBackend | None = None) -> None:
         self.config = config
-        self.contract = contract or load_contract(config.model.path)
+        self.contract = contract or load_contract(config.model.path,
+                                                  config.model.io.declared())
         check_model_pin(self.contract, config.model.sha256)
         self.backend = backend or create_backend(config.model.backend, self.contract,
                                                  threads=config.model.threads)
@@ -104,6 +105,11 @@ class Runner:
                                      max_message_bytes=config.input.max_message_bytes,
                                      shard=self.shard)
         self.store = self.stepper.store
+        self._values = self.stepper.values
+        self._max_batch = min(config.batching.max_batch, self.stepper.max_batch)
+        if self.contract.fixed_batch == 1 and config.batching.max_batch > 1:
+            log.info("model: exported with a fixed batch of 1, so messages are stepped one "
+                     "per call (batching.max_batch %d not used)", config.batching.max_batch)
         self.counters = Counters()
         self.subscriptions: Counter[str] = Counter()
         self._latencies = np.zeros(LATENCY_WINDOW, np.int64)
@@ -267,7 +273,7 @@ class Runner:
         # found queued after it is a backlog, stepped in batches of distinct streams
         # (the first one too when batching.max_wait_us asks to wait for company).
         receive, clock = self._receive, time.monotonic_ns
-        max_batch = self.config.batching.max_batch
+        max_batch = self._max_batch
         batching, wait_first = max_batch > 1, max_batch > 1 and self._max_wait_ns > 0
         handled = 0
         while handled < MAX_BURST:
@@ -310,8 +316,7 @@ class Runner:
         """Step several queued messages, those of distinct streams in one backend call,
         and publish each output (or rejection) in arrival order."""
         self.counters.received += len(items)
-        self.stepper.step_many(items, self._publish_result,
-                               max_batch=self.config.batching.max_batch)
+        self.stepper.step_many(items, self._publish_result, max_batch=self._max_batch)
 
     def _publish_result(self, result: Stepped | Rejection, t_recv_ns: int) -> None:
         if type(result) is Rejection:
@@ -323,8 +328,9 @@ class Runner:
             counters.resets[result.reset] += 1
         counters.stepped += 1
         latency = time.monotonic_ns() - t_recv_ns
-        payload = encode_output(self._packer, result.msg, result.y[0].tolist(), result.step,
-                                result.reset, result.gap, latency)
+        y, extra = self._values(result)
+        payload = encode_output(self._packer, result.msg, y, result.step, result.reset,
+                                result.gap, latency, extra)
         send = self._send  # two sends: a third of send_multipart's cost in pyzmq
         send(self._out_topic, zmq.SNDMORE)
         send(payload)
@@ -461,7 +467,9 @@ class Runner:
             "uptime_s": round(time.monotonic() - self._started, 3),
             "model": {"path": str(self.contract.path), "sha256": self.contract.sha256,
                       "backend": self.backend.name, "features": self.contract.n_features,
-                      "outputs": self.contract.n_outputs},
+                      "outputs": self.contract.n_outputs,
+                      "extras": [e.name for e in self.contract.extras],
+                      "dtype": self.contract.dtype, "fixed_batch": self.contract.fixed_batch},
             "received": c.received, "stepped": c.stepped, "published": c.published,
             "batches": self.stepper.calls,  # backend calls; stepped / batches = mean batch
             "topics": self.input_topics(), "shard": None if self.shard is None else str(self.shard),

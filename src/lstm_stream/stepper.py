@@ -39,7 +39,7 @@ class Stepped:
     """A message that was stepped: what goes into its output."""
 
     msg: SensorMessage
-    y: np.ndarray  # (1, outputs) float32
+    y: np.ndarray  # (1, outputs + extra outputs) float32: see StreamStepper.values
     step: int  # steps since the stream's last reset
     reset: str | None  # why the state was reset before this step
     gap: int  # seq missed just before this one
@@ -62,8 +62,24 @@ class StreamStepper:
         self.decoder = SensorDecoder(contract.n_features, contract.feature_names,
                                      max_message_bytes)
         self.calls = 0  # backend calls, batched or not
-        self._finite = backend.finite
         self.shard = shard  # serve only these streams; None: all
+        self._finite = backend.finite
+        # a model exported with a fixed batch of one is stepped one message per call
+        self.max_batch = 1 if contract.fixed_batch == 1 else 1 << 30
+        self._outputs = contract.n_outputs
+        self._extras: list[tuple[str, slice]] = []  # columns of y after the policy output
+        start = contract.n_outputs
+        for extra in contract.extras:
+            self._extras.append((extra.name, slice(start, start + extra.width)))
+            start += extra.width
+
+    def values(self, result: Stepped) -> tuple[list[float], dict[str, list[float]] | None]:
+        """The output's ``y`` and, for a model with extra outputs, ``extra`` by name."""
+        row = result.y[0]
+        if not self._extras:
+            return row.tolist(), None
+        return (row[:self._outputs].tolist(),
+                {name: row[where].tolist() for name, where in self._extras})
 
     def step(self, frames: list[bytes], now_ns: int) -> Stepped | Rejection:
         """Step one ``[topic, payload]`` message received at ``now_ns`` (monotonic or log time).
@@ -120,7 +136,7 @@ class StreamStepper:
         """Step ``(frames, receive time)`` items, calling ``emit`` for each result
         in the order of ``items``, as soon as the batch holding it is stepped."""
         batch = _Batch(self, emit)
-        limit = min(max_batch, self.store.max_streams)
+        limit = min(max_batch, self.store.max_streams, self.max_batch)
         decode, admit = self.decoder.decode, self.store.admit
         for frames, now_ns in items:
             msg = decode(frames)

@@ -25,7 +25,7 @@ import numpy as np
 
 from lstm_stream import cell
 from lstm_stream.backends.base import StepBackend
-from lstm_stream.contract import INPUT_NAME, OUTPUT_NAME, ModelContract
+from lstm_stream.contract import ModelContract
 from lstm_stream.errors import BackendError, UnsupportedOperatorError
 from lstm_stream.onnx_proto import DTYPES, Node, OnnxModel, read_model
 
@@ -153,19 +153,17 @@ class GraphBackend(StepBackend):
             graph = read_model(contract.path.read_bytes(), source=str(contract.path))
         self.ops = ops
         self.program = GraphProgram(graph, ops, backend=self.name)
-        self._state_inputs = [s.input for s in contract.states]
-        self._outputs = [OUTPUT_NAME, *(s.output for s in contract.states)]
+        self._outputs = contract.output_order
         log.debug("%s backend: %d nodes", self.name, len(graph.nodes))
 
     def step(
         self, x: np.ndarray, states: Sequence[np.ndarray]
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         ops = self.ops
-        feeds = {INPUT_NAME: ops.from_numpy(x)}
-        for name, value in zip(self._state_inputs, states, strict=True):
-            feeds[name] = ops.from_numpy(value)
+        feeds = {name: ops.from_numpy(value)
+                 for name, value in self.contract.model_inputs(x, states).items()}
         outs = [ops.to_numpy(v) for v in self.program.run(feeds, self._outputs)]
-        return outs[0], tuple(outs[1:])
+        return self.contract.canonical_outputs(outs)
 
 
 # ------------------------------------------------------------------ operator rules

@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from lstm_stream.backends.base import StepBackend
-from lstm_stream.contract import INPUT_NAME, OUTPUT_NAME, ModelContract
+from lstm_stream.contract import ModelContract
 from lstm_stream.errors import BackendError
 
 Runner = Callable[[list[str], dict[str, Any]], list[np.ndarray]]
@@ -32,33 +32,70 @@ warnings.filterwarnings("ignore", "invalid value encountered in dot", RuntimeWar
 class _Batch1:
     """The arrays a batch-1 IOBinding reads from and writes to.
 
-    ``y`` and ``new_states`` are views of one flat buffer, so that checking every
-    output for NaN and Inf is one dot product (:meth:`OnnxRuntimeBackend.finite`).
+    ``y`` (with any extra outputs as further columns) and ``new_states`` are views
+    of one flat buffer, so that checking every output for NaN and Inf is one dot
+    product (:meth:`OnnxRuntimeBackend.finite`). With a batch of one, a model's
+    own layouts ([batch, 1, n], [batch, layers, hidden]) hold the same bytes as
+    the canonical ones, so a float32 model is bound to reshaped views of these
+    very arrays; a float16 or float64 model gets buffers of its own type
+    (``model_*``) that each step casts into and out of.
     """
 
     x: np.ndarray  # (1, features)
     states: tuple[np.ndarray, ...]  # each (layers, 1, hidden)
-    outputs: np.ndarray  # flat: y, then each new state
-    y: np.ndarray  # (1, outputs), a view of ``outputs``
+    outputs: np.ndarray  # flat float32: y, the extras, then each new state
+    y: np.ndarray  # (1, outputs + extras), a view of ``outputs``
     new_states: tuple[np.ndarray, ...]  # views of ``outputs``
+    model_x: np.ndarray  # what onnxruntime reads and writes: these, or typed copies
+    model_states: tuple[np.ndarray, ...]
+    model_outputs: np.ndarray
     zeros: np.ndarray  # as long as ``outputs``
     io: Any = None  # the onnxruntime IOBinding over them
 
 
 def _batch1_buffers(contract: ModelContract) -> _Batch1:
-    sizes = [contract.n_outputs, *(s.layers * s.hidden for s in contract.states)]
-    outputs = np.zeros(sum(sizes), np.float32)
-    views, start = [], 0
-    for size in sizes:
-        views.append(outputs[start:start + size])
+    width = contract.n_outputs + contract.n_extra
+    outputs = np.zeros(width + sum(s.layers * s.hidden for s in contract.states), np.float32)
+    x = np.zeros((1, contract.n_features), np.float32)
+    states = tuple(np.zeros((s.layers, 1, s.hidden), np.float32) for s in contract.states)
+    new_states, start = [], width
+    for s in contract.states:
+        new_states.append(outputs[start:start + s.layers * s.hidden].reshape(s.layers, 1,
+                                                                             s.hidden))
+        start += s.layers * s.hidden
+    dtype = np.dtype(contract.dtype)
+    typed = dtype != np.float32
+    model_outputs = np.zeros(len(outputs), dtype) if typed else outputs
+    return _Batch1(x, states, outputs, outputs[:width].reshape(1, width), tuple(new_states),
+                   np.zeros(x.shape, dtype) if typed else x,
+                   tuple(np.zeros(a.shape, dtype) for a in states) if typed else states,
+                   model_outputs, np.zeros(len(outputs), np.float32))
+
+
+def _model_views(contract: ModelContract, bound: _Batch1
+                 ) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, np.ndarray]]]:
+    """(name, array in the model's shape) for every input and output, over ``bound``'s
+    model buffers: the bytes of a batch of one are laid out alike in either layout."""
+    def shaped(array: np.ndarray, layout: str) -> np.ndarray:
+        n = array.size
+        return array.reshape({"bf": (1, n), "b1f": (1, 1, n), "1bf": (1, 1, n)}[layout])
+
+    inputs = [(contract.x.name, shaped(bound.model_x, contract.x.layout))]
+    for spec, arr in zip(contract.states, bound.model_states, strict=True):
+        shape = (1, spec.layers, spec.hidden) if spec.batch_first else arr.shape
+        inputs.append((spec.input, arr.reshape(shape)))
+    outputs, start = [], 0
+    for port in (contract.y, *contract.extras):
+        outputs.append((port.name, shaped(bound.model_outputs[start:start + port.width],
+                                          port.layout)))
+        start += port.width
+    for spec in contract.states:
+        size = spec.layers * spec.hidden
+        shape = (1, spec.layers, spec.hidden) if spec.batch_first else (spec.layers, 1,
+                                                                         spec.hidden)
+        outputs.append((spec.output, bound.model_outputs[start:start + size].reshape(shape)))
         start += size
-    return _Batch1(
-        np.zeros((1, contract.n_features), np.float32),
-        tuple(np.zeros((s.layers, 1, s.hidden), np.float32) for s in contract.states),
-        outputs, views[0].reshape(1, contract.n_outputs),
-        tuple(v.reshape(s.layers, 1, s.hidden)
-              for v, s in zip(views[1:], contract.states, strict=True)),
-        np.zeros(len(outputs), np.float32))
+    return inputs, outputs
 
 
 def session_options(threads: int = 1) -> ort.SessionOptions:
@@ -81,19 +118,26 @@ class OnnxRuntimeBackend(StepBackend):
 
     def __init__(self, contract: ModelContract, *, threads: int = 1) -> None:
         super().__init__(contract, threads=threads)
+        options = session_options(threads)
+        if contract.external:  # the data files the contract read (and hashed), from memory
+            blobs = list(contract.external.values())
+            options.add_external_initializers_from_files_in_memory(
+                list(contract.external), blobs, [len(b) for b in blobs])
         try:
             # The bytes the contract hashed, when it has them: not the file again.
             self.session = ort.InferenceSession(
                 contract.data if contract.data is not None else str(contract.path),
-                sess_options=session_options(threads),
+                sess_options=options,
                 providers=["CPUExecutionProvider"],
             )
         except Exception as err:  # onnxruntime raises its own untyped errors
             raise BackendError(
                 f"onnxruntime could not load {str(contract.path)!r}: {err}"
             ) from err
+        self._x_name = contract.x.name
         self._state_inputs = [s.input for s in contract.states]
-        self._output_names = [OUTPUT_NAME, *(s.output for s in contract.states)]
+        self._output_names = contract.output_order
+        self._adapted = contract.adapted  # layouts, types or extras to convert
         # One feeds dict reused for every call: the hot path only rebinds values.
         self._feeds: dict[str, Any] = {}
         self._run = self._fast_run()
@@ -112,9 +156,10 @@ class OnnxRuntimeBackend(StepBackend):
         binding = getattr(self.session, "_sess", None)
         if binding is None:
             return public
-        feeds: dict[str, Any] = {INPUT_NAME: np.zeros((1, self.contract.n_features), np.float32)}
-        for spec in self.contract.states:
-            feeds[spec.input] = np.zeros((spec.layers, 1, spec.hidden), np.float32)
+        c = self.contract
+        feeds: dict[str, Any] = c.model_inputs(
+            np.zeros((1, c.n_features), np.float32),
+            [np.zeros((s.layers, 1, s.hidden), np.float32) for s in c.states])
         try:
             fast = binding.run(self._output_names, feeds, None)
             slow = public(self._output_names, feeds)
@@ -141,12 +186,11 @@ class OnnxRuntimeBackend(StepBackend):
         bound = _batch1_buffers(c)
         try:
             io = self.session.io_binding()
-            io.bind_ortvalue_input(INPUT_NAME, ort.OrtValue.ortvalue_from_numpy(bound.x))
-            for spec, arr in zip(c.states, bound.states, strict=True):
-                io.bind_ortvalue_input(spec.input, ort.OrtValue.ortvalue_from_numpy(arr))
-            io.bind_ortvalue_output(OUTPUT_NAME, ort.OrtValue.ortvalue_from_numpy(bound.y))
-            for spec, arr in zip(c.states, bound.new_states, strict=True):
-                io.bind_ortvalue_output(spec.output, ort.OrtValue.ortvalue_from_numpy(arr))
+            inputs, outputs = _model_views(c, bound)
+            for name, arr in inputs:
+                io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr))
+            for name, arr in outputs:
+                io.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(arr))
             bound.io = io
             x = rng.normal(size=bound.x.shape).astype(np.float32)
             states = [rng.normal(size=a.shape).astype(np.float32) for a in bound.states]
@@ -160,10 +204,12 @@ class OnnxRuntimeBackend(StepBackend):
 
     def _bound_step(self, bound: _Batch1, x: np.ndarray, states: Sequence[np.ndarray]
                     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        np.copyto(bound.x, x)
-        for buf, value in zip(bound.states, states, strict=True):
+        np.copyto(bound.model_x, x)  # casts, for a float16 or float64 model
+        for buf, value in zip(bound.model_states, states, strict=True):
             np.copyto(buf, value)
         self.session.run_with_iobinding(bound.io)
+        if bound.model_outputs is not bound.outputs:
+            np.copyto(bound.outputs, bound.model_outputs)
         return bound.y.copy(), bound.new_states
 
     def step_one(
@@ -178,15 +224,19 @@ class OnnxRuntimeBackend(StepBackend):
         bound = self._bound
         if bound is not None and new_states is bound.new_states:
             # v . 0 is 0 when every value is finite, NaN otherwise (inf * 0 = NaN):
-            # one call over y and every state, a third of the cost of one per tensor
+            # one call over y and every state, a third of the cost of one per tensor.
+            # The float32 side: a float64 value beyond float32's range is Inf there.
             return bool(bound.outputs.dot(bound.zeros) == 0.0)
         return super().finite(y, new_states)
 
     def step(
         self, x: np.ndarray, states: Sequence[np.ndarray]
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        if self._adapted:
+            outs = self._run(self._output_names, self.contract.model_inputs(x, states))
+            return self.contract.canonical_outputs(outs)
         feeds = self._feeds
-        feeds[INPUT_NAME] = x
+        feeds[self._x_name] = x
         for name, value in zip(self._state_inputs, states, strict=True):
             feeds[name] = value
         outs = self._run(self._output_names, feeds)

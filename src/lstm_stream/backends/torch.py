@@ -10,7 +10,9 @@ This is the only runtime module that imports torch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib.util
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,6 +21,7 @@ import torch
 from lstm_stream import cell
 from lstm_stream.backends.graph import ArrayOps, GraphBackend
 from lstm_stream.contract import ModelContract
+from lstm_stream.errors import LstmStreamError
 
 _TORCH_DTYPES = {
     np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
@@ -145,3 +148,51 @@ class TorchBackend(GraphBackend):
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         with torch.inference_mode():
             return super().step(x, states)
+
+
+def module_reference(spec: str, contract: ModelContract
+                     ) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """The PyTorch module a model was exported from, as a reference for ``lstm-stream
+    check``: ``spec`` is ``path/to/module.py:Factory``, where ``Factory()`` returns the
+    module. It is called with the model's inputs in the order of the ONNX graph, and its
+    (flattened) outputs are taken in the order of the graph's outputs, as the exporter
+    traced them."""
+    file, sep, name = spec.rpartition(":")
+    if not sep or not file or not name:
+        raise LstmStreamError(f"--torch {spec!r}: expected PATH.py:FACTORY, such as "
+                              "policy.py:make_policy")
+    where = Path(file)
+    loader = importlib.util.spec_from_file_location(f"lstm_stream_check_{where.stem}", where)
+    if loader is None or loader.loader is None or not where.is_file():
+        raise LstmStreamError(f"--torch {spec!r}: {file!r} is not a Python file.")
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)  # the user's own code, as they asked
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise LstmStreamError(f"--torch {spec!r}: {file!r} has no callable {name!r}.")
+    net = factory()
+    if not isinstance(net, torch.nn.Module):
+        raise LstmStreamError(f"--torch {spec!r}: {name}() returned "
+                              f"{type(net).__name__}, not a torch.nn.Module.")
+    net.eval()
+    graph = contract.graph
+    assert graph is not None
+    in_names = [vi.name for vi in graph.inputs]
+    out_names = [vi.name for vi in graph.outputs]
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            outs = net(*(torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in in_names))
+        flat = _flatten(outs)
+        if len(flat) != len(out_names):
+            raise LstmStreamError(f"--torch {spec!r}: the module returned {len(flat)} tensors, "
+                                  f"the model has {len(out_names)} outputs ({out_names}).")
+        return {n: t.detach().numpy() for n, t in zip(out_names, flat, strict=True)}
+
+    return run
+
+
+def _flatten(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return [t for item in value for t in _flatten(item)]

@@ -8,6 +8,7 @@ missing ``[logs]`` extra becomes one clear error instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
 
+from lstm_stream.cli import add_model_io_options, model_io_overrides
 from lstm_stream.errors import ConfigError, EvaluationError, LogError
 
 RECORD_EPILOG = """\
@@ -270,6 +272,7 @@ def _add_eval(sub: Any) -> None:
                    "subscribes; default: input.topics of the config, 'sensors')")
     p.add_argument("--backend", choices=["onnxruntime", "numpy", "torch"],
                    help="step backend (default: model.backend of the config)")
+    add_model_io_options(p)
     p.add_argument("--target-topic", help="topic of the recorded targets to score against")
     p.add_argument("--target-key", default="y", help="key of the target array (default y)")
     p.add_argument("--report", metavar="DIR", help="write report.json, report.md, PNG plots "
@@ -305,7 +308,8 @@ def _eval(args: argparse.Namespace) -> int:
                           f"{args.workers} with --ray {args.ray}.")
     if args.update_reference and not args.reference:
         raise ConfigError("--update-reference needs --reference PATH (where to write it).")
-    overrides, labels = list(args.overrides), {}
+    overrides, labels = model_io_overrides(args)
+    overrides = [*args.overrides, *overrides]
     for key, flag, value in (("model.path", "--model", args.model),
                              ("model.backend", "--backend", args.backend),
                              ("input.topics", "--topics", _topics(args.topics))):
@@ -319,7 +323,8 @@ def _eval(args: argparse.Namespace) -> int:
         target_key=args.target_key, output_dir=args.report, report_dir=args.report,
         max_streams=cfg.state.max_streams, idle_timeout_s=cfg.state.idle_timeout_s,
         max_gap=cfg.state.max_gap, max_message_bytes=cfg.input.max_message_bytes,
-        output_topic=cfg.output.topic, diagnostics_topic=cfg.output.diagnostics_topic)
+        output_topic=cfg.output.topic, diagnostics_topic=cfg.output.diagnostics_topic,
+        io=dataclasses.asdict(cfg.model.io))
     report = evaluate.evaluate(args.logs, options, workers=args.workers, progress=_progress(),
                                ray_address=args.ray)
     # With --json, stdout carries exactly one JSON document; every other line is stderr's.
