@@ -14,6 +14,8 @@ import torch
 import zmq
 
 from lstm_stream.protocol import encode_sensor
+from lstm_stream.train.config import load_train_config
+from lstm_stream.train.data import load_dataset
 from lstm_stream.train.loop import load_checkpoint, model_from_checkpoint
 
 from support import REPO, VehicleStack, run_python, serve_process
@@ -43,7 +45,7 @@ def test_trained_digits_model_is_served_like_pytorch(tmp_path: Path) -> None:
     model, _ = model_from_checkpoint(load_checkpoint(run / "best.pt"), "best.pt")
     from sklearn.datasets import load_digits
 
-    images = (load_digits().images[:3] / 16.0).astype(np.float32)  # (3, 8, 8)
+    images = load_digits().images[:3].astype(np.float32)  # (3, 8, 8), raw pixels 0..16
     with torch.no_grad():
         want = model(torch.from_numpy(images))[0].numpy()  # (3, 8, 10) whole sequences
     ctx: zmq.Context[Any] = zmq.Context()
@@ -89,3 +91,23 @@ def test_digits_config_reaches_095(tmp_path: Path) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert summary["test"]["accuracy"] >= 0.95
     assert "accuracy" in proc.stdout and (run / "model.onnx").exists()
+    # served: the test split's raw pixel rows (0..16, no scaling by the client)
+    dataset = load_dataset(load_train_config(REPO / "configs" / "digits.toml"))
+    images = dataset.test.x
+    assert max(float(img.max()) for img in images) == 16.0
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        with VehicleStack(ctx) as stack, serve_process(run / "model.onnx",
+                                                       stack.sensors_endpoint) as served:
+            stack.wait_subscribed()
+            stack.connect_outputs(served.output, served.control)
+            for row in range(8):
+                for i, img in enumerate(images):
+                    stack.send(encode_sensor(row, img[row], stream=f"img{i}"))
+            outs = [body for topic, body in stack.receive(8 * len(images))
+                    if topic == "policy" and body["seq"] == 7]
+    finally:
+        ctx.destroy(linger=0)
+    right = sum(int(np.argmax(o["y"])) == int(dataset.test.y[int(o["stream"][3:])][-1])
+                for o in outs)
+    assert len(outs) == len(images) and right / len(images) >= 0.95

@@ -140,8 +140,26 @@ class OnnxRuntimeBackend(StepBackend):
         self._adapted = contract.adapted  # layouts, types or extras to convert
         # One feeds dict reused for every call: the hot path only rebinds values.
         self._feeds: dict[str, Any] = {}
+        self._run = cast(Runner, self.session.run)
+        self._warm_up()
         self._run = self._fast_run()
         self._bound = self._bind_batch1()
+
+    def _warm_up(self) -> None:
+        """One step before serving: the first run costs far more than the next (kernel
+        selection, allocation), and a model onnxruntime cannot run fails here, not on
+        every message."""
+        c = self.contract
+        try:
+            self.step(np.zeros((1, c.n_features), np.float32),
+                      [np.zeros((s.layers, 1, s.hidden), np.float32) for s in c.states])
+        except Exception as err:  # onnxruntime raises its own untyped errors
+            raise BackendError(
+                f"onnxruntime loaded {str(c.path)!r} but cannot run it: {err}. "
+                + ("onnxruntime's CPU LSTM/GRU kernels take float32 and float16, not "
+                   "float64: export in float32, or serve it with --backend numpy."
+                   if c.dtype == "float64" else "Check the model with `lstm-stream check`.")
+            ) from err
 
     def _fast_run(self) -> Runner:
         """The session's C++ ``run``, skipping the Python wrapper's per-call checks.

@@ -131,11 +131,16 @@ def _where(data: DataConfig) -> str:
 
 
 def read_digits() -> Episodes:
-    """scikit-learn's 1797 handwritten digits: 8 steps (rows) of 8 pixels in [0, 1]."""
+    """scikit-learn's 1797 handwritten digits: 8 steps (rows) of 8 pixels, 0..16.
+
+    The raw pixel values, as a sensor gives them: no scaling here. Whatever the
+    model needs is done by its own normalisation, which export folds into the
+    graph, so the served model takes what the vehicle stack measures.
+    """
     from sklearn.datasets import load_digits  # ships with scikit-learn: no download
 
     digits = load_digits()
-    images = (digits.images / 16.0).astype(np.float32)  # (N, 8, 8), pixel values 0..16
+    images = digits.images.astype(np.float32)  # (N, 8, 8), pixel values 0..16
     return _images_as_episodes(images, digits.target.astype(np.int64))
 
 
@@ -302,7 +307,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def read_mnist(images_path: Path, labels_path: Path) -> Episodes:
-    """MNIST images (N, 28, 28) as 28 steps of 28 pixels in [0, 1], labels (N,)."""
+    """MNIST images (N, 28, 28) as 28 steps of 28 raw pixels 0..255, labels (N,)."""
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3:
         raise TrainingError(f"{str(images_path)!r}: images must have 3 dimensions "
@@ -311,8 +316,8 @@ def read_mnist(images_path: Path, labels_path: Path) -> Episodes:
         raise TrainingError(f"{str(labels_path)!r}: labels have shape {labels.shape}; "
                             f"expected ({len(images)},), one per image in "
                             f"{str(images_path)!r}.")
-    scaled = images.astype(np.float32) / 255.0
-    return _images_as_episodes(scaled, labels.astype(np.int64))
+    # raw values, as for digits: the model's folded normalisation scales them
+    return _images_as_episodes(images.astype(np.float32), labels.astype(np.int64))
 
 
 # ------------------------------------------------------------------------ recorded logs
