@@ -1,7 +1,8 @@
 """Bring your own policy: torch models exported as users export them, served by real
 `lstm-stream serve` processes, compared with the torch module stepped with carried state.
 
-Exports use both torch exporters: the legacy one (``dynamo=False`` with
+Exports use both torch exporters (tools/export_policy.py, the calls
+docs/model-contract.md shows): the legacy one (``dynamo=False`` with
 ``dynamic_axes``) and the default dynamo one (weights in an external
 ``.onnx.data`` file, a batch-2 sample with ``dynamic_shapes``), with the names a
 user gives (``obs``, ``h0``, ``c0`` -> ``action``, ``value``, ``hn``, ``cn``) and
@@ -28,39 +29,11 @@ from support import REPO, VehicleStack, serve_process
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")  # the dynamo exporter's own dependency
-import policies  # noqa: E402  (needs torch)
+import policies  # noqa: E402  (tools/, needs torch)
+from export_policy import export_dynamo, export_legacy  # noqa: E402
 
 pytestmark = pytest.mark.torch
-LSTM_NAMES = (["obs", "h0", "c0"], ["action", "value", "hn", "cn"])
-GRU_NAMES = (["obs", "h0"], ["action", "value", "hn"])
-POLICIES = str(REPO / "tests" / "policies.py")
-
-
-def _samples(module: Any, batch: int) -> tuple[Any, ...]:
-    dtype = next(module.parameters()).dtype
-    obs = torch.randn(batch, 1, policies.FEATURES, dtype=dtype)
-    state = torch.zeros(policies.LAYERS, batch, policies.HIDDEN, dtype=dtype)
-    return (obs, state, state.clone()) if isinstance(module, policies.LstmPolicy) else (
-        obs, state)
-
-
-def export_legacy(module: Any, path: Path, *, dynamic: bool = True, batch: int = 1) -> Path:
-    inputs, outputs = LSTM_NAMES if isinstance(module, policies.LstmPolicy) else GRU_NAMES
-    axes = {n: {1 if n.startswith(("h", "c")) else 0: "batch"} for n in inputs + outputs}
-    torch.onnx.export(module, _samples(module, batch), str(path), dynamo=False,
-                      input_names=inputs, output_names=outputs,
-                      dynamic_axes=axes if dynamic else None)
-    return path
-
-
-def export_dynamo(module: Any, path: Path) -> Path:
-    """torch 2.13's default exporter: weights in ``<path>.data``, batch made dynamic."""
-    inputs, outputs = LSTM_NAMES if isinstance(module, policies.LstmPolicy) else GRU_NAMES
-    batch = torch.export.Dim("batch", min=1)
-    shapes = {n: {1 if n.startswith(("h", "c")) else 0: batch} for n in inputs}
-    torch.onnx.export(module, _samples(module, 2), str(path), input_names=inputs,
-                      output_names=outputs, dynamic_shapes=shapes)
-    return path
+POLICIES = str(REPO / "tools" / "policies.py")
 
 
 def torch_steps(module: Any, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -183,7 +156,7 @@ def test_ambiguous_outputs_are_refused_with_the_flags_to_pass(exports: dict[str,
     assert info.returncode == 0, info.stderr
     for line in ("input      obs [batch, 1, 10] as x", "output     action [batch, 3] as y",
                  "extra      value [batch, 1]", "state      h0 -> hn [layers=2, batch, hidden=48]",
-                 "mapping    state h0 -> hn: named as torch names LSTM state",
+                 "mapping    state h0 -> hn: torch's names h0 -> hn, c0 -> cn",
                  "dynamo.onnx.data"):
         assert line in info.stdout, line
 

@@ -152,7 +152,7 @@ def test_torch_names_layouts_and_extras_are_inferred(tmp_path: Path) -> None:
     assert contract.x == PortSpec("obs", 10, "b1f") and contract.y == PortSpec("action", 3, "b1f")
     assert contract.states == (StateSpec("h0", "hn", 2, 48, batch_first=True),
                                StateSpec("c0", "cn", 2, 48, batch_first=True))
-    assert "state h0 -> hn: named as torch names LSTM state" in contract.decided
+    assert "state h0 -> hn: torch's names h0 -> hn, c0 -> cn" in contract.decided
     assert "y = action: the only output that is not a state" in contract.decided
 
 

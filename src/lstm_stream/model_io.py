@@ -134,7 +134,7 @@ def _paired_by_name(name: str, outputs: dict[str, ValueInfo],
     if name.endswith("_in"):
         candidates.append((name[:-3] + "_out", "named <s>_in -> <s>_out"))
     if name in TORCH_STATE_NAMES:
-        candidates.append((TORCH_STATE_NAMES[name], "named as torch names LSTM state"))
+        candidates.append((TORCH_STATE_NAMES[name], "torch's names h0 -> hn, c0 -> cn"))
     for out, rule in candidates:
         if out in outputs and out not in taken:
             return out, rule
