@@ -284,6 +284,22 @@ def test_malformed_control_requests_get_error_replies(ctx: zmq.Context[Any],
     assert status(runner)["ok"] is True
 
 
+def test_an_oversized_control_request_is_answered_with_the_limit(ctx: zmq.Context[Any],
+                                                                 runner: Served) -> None:
+    big = msgpack.packb({"cmd": "status", "padding": "x" * 100_000})
+    with ctx.socket(zmq.REQ) as req:
+        req.connect(runner.control)
+        req.send(big)
+        assert req.poll(5000), "no reply to a 100 kB request"
+        reply = msgpack.unpackb(req.recv())
+        assert reply["ok"] is False
+        assert f"request is {len(big)} bytes, more than the control limit of 65536" in (
+            reply["error"])
+        req.send(msgpack.packb({"cmd": "status"}))  # the same client goes on
+        assert req.poll(5000) and msgpack.unpackb(req.recv())["ok"] is True
+    assert status(runner)["control_errors"] == 1  # counted
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_clean_exit_on_signal(stack: VehicleStack, sig: signal.Signals) -> None:
     with serve_process(MODEL, stack.sensors_endpoint) as served:

@@ -63,7 +63,10 @@ log = logging.getLogger(__name__)
 LATENCY_WINDOW = 4096  # latencies kept for the status percentiles
 HOUSEKEEPING_S = 0.1  # idle expiry and signal checks at least this often
 MAX_BURST = 256  # messages handled before control requests get a turn
-MAX_CONTROL_BYTES = 65536
+MAX_CONTROL_BYTES = 65536  # a larger control request is answered with an error
+# ZMQ_MAXMSGSIZE of the control socket: above this a peer is disconnected by ZeroMQ
+# (no reply is possible), so that no client can make the runner buffer without bound
+CONTROL_HARD_LIMIT_BYTES = 1 << 20
 # libzmq does not reconnect a connecting socket after a protocol error, such as a
 # message above ZMQ_MAXMSGSIZE: when a disconnect is not followed by a reconnect
 # attempt within this time, the runner connects again itself.
@@ -160,7 +163,7 @@ class Runner:
         self.pub.setsockopt(zmq.LINGER, 0)
         self.control = self.context.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.LINGER, 0)
-        self.control.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
+        self.control.setsockopt(zmq.MAXMSGSIZE, CONTROL_HARD_LIMIT_BYTES)
         if self.keys is not None:
             self.keys.secure(self.control)
             if cfg.security.secure_data:
@@ -427,7 +430,12 @@ class Runner:
             self.control.send_multipart([*envelope, self._packer.pack(reply)])
 
     def control_reply(self, request: bytes) -> dict[str, Any]:
-        """Answer one control request; unknown or malformed ones get an error reply."""
+        """Answer one control request; unknown, malformed or oversized ones get an error
+        reply."""
+        if len(request) > MAX_CONTROL_BYTES:
+            return _error(f"request is {len(request)} bytes, more than the control limit of "
+                          f"{MAX_CONTROL_BYTES} bytes; requests are small maps such as "
+                          '{"cmd": "status"}')
         parsed = decode_control_request(request)
         if not isinstance(parsed, ControlRequest):
             return _error(parsed)
@@ -476,7 +484,8 @@ class Runner:
             "rejected": dict(c.rejected), "resets": dict(c.resets),
             "streams": len(self.store), "max_streams": self.store.max_streams,
             "evicted": self.store.evicted, "expired": self.store.expired,
-            "control_requests": c.control_requests, "input_reconnects": c.input_reconnects,
+            "control_requests": c.control_requests, "control_errors": c.control_errors,
+            "input_reconnects": c.input_reconnects,
             "subscriptions": dict(self.subscriptions),
             "latency_ns": latency,
             "snapshot": self._snapshot_status(),
