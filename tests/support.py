@@ -25,9 +25,10 @@ Served = RunnerProcess
 
 @contextmanager
 def serve_process(model: Path | str, input_endpoint: str, *extra: str,
-                  output: str | None = None) -> Iterator[Served]:
+                  output: str | None = None, control: str | None = None) -> Iterator[Served]:
     """`lstm-stream serve` run from the repository root (where models/ lives)."""
-    with runner_process(model, input_endpoint, *extra, cwd=REPO, output=output) as served:
+    with runner_process(model, input_endpoint, *extra, cwd=REPO, output=output,
+                        control=control) as served:
         yield served
 
 
