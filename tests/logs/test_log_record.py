@@ -160,3 +160,45 @@ def test_cli_imports_and_explains_without_mcap() -> None:
     proc = run_python(code)
     assert proc.returncode == 1
     assert "pip install 'lstm-stream[logs]'" in proc.stderr
+
+
+def _read_line(proc: subprocess.Popen[bytes], needle: str, timeout_s: float = 15.0) -> str:
+    """The first stderr line of ``proc`` containing ``needle`` (reads line by line)."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline().decode()
+        if needle in line:
+            return line
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError(f"no line with {needle!r} on stderr")
+
+
+def test_a_vehicle_stack_can_tell_when_record_is_subscribed(tmp_path: Path,
+                                                            ctx: zmq.Context[Any]) -> None:
+    """Both ways docs/logs.md gives: the subscription frames on an XPUB, and the
+    readiness line; what is published after them is all recorded."""
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind("tcp://127.0.0.1:*")
+    endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+    out = tmp_path / "ready.mcap"
+    proc = start_recorder(endpoint, out, "--topics", "sensors,controls")
+    try:
+        seen = set()
+        deadline = time.monotonic() + 15
+        while seen != {b"\x01sensors", b"\x01controls"} and time.monotonic() < deadline:
+            if pub.poll(100):
+                seen.add(pub.recv())
+        assert seen == {b"\x01sensors", b"\x01controls"}  # one frame per recorded topic
+        line = _read_line(proc, "record: subscribed to")
+        assert f"subscribed to sensors,controls on {endpoint} (connected)" in line
+        assert f"recording into {out}" in line
+        for seq in range(50):  # at once, no sleep: nothing may be lost
+            pub.send_multipart([b"sensors", encode_sensor(seq, np.zeros(4, np.float32))])
+            pub.send_multipart([b"controls", msgpack.packb({"seq": seq, "y": [0.0]})])
+        wait_count(out, 100)
+    finally:
+        stop(proc)
+    assert LogReader(out).topic_counts() == {"sensors": 50, "controls": 50}

@@ -123,7 +123,9 @@ def _record(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         split_bytes=None if args.split_size is None else int(args.split_size * 1e6),
         split_duration_s=args.split_duration)
-    recorder = record.Recorder(config, progress=_progress())
+    recorder = record.Recorder(config, progress=_progress(),
+                               on_ready=lambda line: print(f"record: {line}", file=sys.stderr,
+                                                           flush=True))
     try:
         report = recorder.run()
     finally:

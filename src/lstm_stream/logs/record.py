@@ -95,9 +95,11 @@ class Recorder:
     """Records until :meth:`stop`, SIGINT/SIGTERM (in the main thread) or the duration."""
 
     def __init__(self, config: RecordConfig, *, context: zmq.Context[Any] | None = None,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None,
+                 on_ready: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.progress = progress or NullProgress()
+        self.on_ready = on_ready  # called once, with a line saying what is subscribed
         self.report = RecordReport()
         self._stop = threading.Event()
         self._own_context = context is None
@@ -107,6 +109,11 @@ class Recorder:
         self.sub.setsockopt(zmq.RCVHWM, config.rcvhwm)
         for topic in config.topics or [""]:
             self.sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        # Connecting: ready once the ZMTP handshake with the publisher is done, which is
+        # when the subscriptions go out. Binding: ready once bound; each publisher gets
+        # the subscriptions as it connects, so only its XPUB can say when (docs/logs.md).
+        self.monitor: zmq.Socket[Any] | None = (
+            None if config.bind else self.sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED))
         try:
             if config.bind:
                 self.sub.bind(config.input)
@@ -125,6 +132,7 @@ class Recorder:
         self._stop.set()
 
     def close(self) -> None:
+        self._stop_monitor()
         self.sub.close(linger=0)
         if self._own_context:
             self.context.term()
@@ -158,8 +166,12 @@ class Recorder:
         ticker = _Ticker(self.progress, report)
         log.info("recording %s from %s into %s", ", ".join(cfg.topics or ["all topics"]),
                  self.endpoint, writer.path)
+        if self.monitor is None:
+            self._ready(writer.path, "listening")
         try:
             while not self._stop.is_set():
+                if self.monitor is not None and self.monitor.poll(0):
+                    self._ready(writer.path, "connected")
                 if self.sub.poll(POLL_MS, zmq.POLLIN):
                     self._drain(writer, clock)
                 now = time.monotonic()
@@ -181,6 +193,21 @@ class Recorder:
         log.info("recorded %d messages (%d payload bytes) into %d file(s)", report.messages,
                  report.payload_bytes, len(report.files))
         return report
+
+    def _ready(self, path: Path, how: str) -> None:
+        """Say once that the subscriptions are out (or, bound, will go to each publisher)."""
+        self._stop_monitor()
+        topics = ",".join(self.config.topics or []) or "all topics"
+        line = (f"subscribed to {topics} on {self.endpoint} ({how}); recording into {path}")
+        log.info("ready: %s", line)
+        if self.on_ready is not None:
+            self.on_ready(line)
+
+    def _stop_monitor(self) -> None:
+        if self.monitor is not None:
+            self.sub.disable_monitor()
+            self.monitor.close(linger=0)
+            self.monitor = None
 
     def _open(self, part: int, clock: WallClock) -> LogWriter:
         cfg = self.config
