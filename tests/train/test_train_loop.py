@@ -144,3 +144,25 @@ def test_forecast_reports_naive_baseline(tmp_path: Path, monkeypatch: pytest.Mon
     assert result.test["naive_mae"] == pytest.approx(np.abs(err).mean(), rel=1e-5)
     assert result.test["naive_rmse"] == pytest.approx(np.sqrt((err ** 2).mean()), rel=1e-5)
     assert result.test["mae"] > 0
+
+
+@pytest.mark.parametrize(("episodes", "asked", "kept", "says"), [
+    (24, 16, 16, "16 sequences kept for the export's self-check (2 test, 2 val, 12 train)"),
+    (12, 16, 12, "asks for 16 sequences but the data has 12"),
+])
+def test_the_export_check_uses_the_number_of_sequences_asked_for(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, episodes: int, asked: int,
+        kept: int, says: str) -> None:
+    from conftest import write_class_npz
+
+    npz = write_class_npz(tmp_path / "few.npz", sequences=episodes)
+    config = load_train_config(None, ["data.source='npz'", f"data.path='{npz}'",
+                                      "data.split=[0.8, 0.1, 0.1]", "model.hidden=4",
+                                      "train.epochs=1", f"export.verify_sequences={asked}"])
+    with caplog.at_level("INFO", logger="lstm_stream.train.loop"):
+        result = fit(config, load_dataset(config), tmp_path / "run")
+    assert len(load_checkpoint(result.best_path)["verify_x"]) == kept
+    assert any(says in r.getMessage() for r in caplog.records), [
+        r.getMessage() for r in caplog.records]
+    if kept < asked:
+        assert any(r.levelname == "WARNING" for r in caplog.records if says in r.getMessage())

@@ -402,10 +402,21 @@ def _best_model(model: SequenceModel, state: RunState) -> SequenceModel:
 
 
 def _verify_sequences(dataset: Dataset, n: int) -> list[np.ndarray]:
-    """Held-out episodes kept in the checkpoint, for export's self-check."""
-    held = dataset.test if len(dataset.test) else dataset.val if len(dataset.val) else \
-        dataset.train
-    return [np.ascontiguousarray(a) for a in held.x[:n]]
+    """``n`` episodes kept in the checkpoint for export's self-check: the test split
+    first, then validation, then training when the held-out splits are short."""
+    picked: list[np.ndarray] = []
+    taken: dict[str, int] = {}
+    for name, split in (("test", dataset.test), ("val", dataset.val), ("train", dataset.train)):
+        more = split.x[: n - len(picked)]
+        picked += [np.ascontiguousarray(a) for a in more]
+        taken[name] = len(more)
+    where = ", ".join(f"{count} {name}" for name, count in taken.items() if count)
+    if len(picked) < n:
+        log.warning("export check: export.verify_sequences asks for %d sequences but the data "
+                    "has %d; the export is checked on all of them (%s)", n, len(picked), where)
+    else:
+        log.info("export check: %d sequences kept for the export's self-check (%s)", n, where)
+    return picked
 
 
 # ------------------------------------------------------------------------ checkpoints
