@@ -36,6 +36,7 @@ import numpy as np
 from lstm_stream.errors import ModelContractError, ModelFormatError
 from lstm_stream.model_io import ModelIO, NameMapping, map_names
 from lstm_stream.onnx_proto import OnnxModel, ValueInfo, read_model, type_name
+from lstm_stream.shipped import resolve_model_path
 
 INPUT_NAME = "x"  # the canonical names, and the names of models made by lstm-stream
 OUTPUT_NAME = "y"
@@ -165,7 +166,7 @@ def _from_layout(value: np.ndarray, layout: str) -> np.ndarray:
 def load_contract(path: str | Path, io: ModelIO | None = None) -> ModelContract:
     """Read the ONNX file at ``path`` (and any external data files beside it) and check
     it against the contract, with the user's declaration ``io`` of its names."""
-    path = Path(path)
+    path = resolve_model_path(path)
     try:
         data = path.read_bytes()
     except OSError as err:

@@ -44,6 +44,7 @@ from lstm_stream.backends.numpy import NumpyBackend
 from lstm_stream.client import ControlError, VehicleStack, control_request
 from lstm_stream.contract import ModelContract, load_contract
 from lstm_stream.errors import LogError, LstmStreamError
+from lstm_stream.shipped import resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -183,11 +184,8 @@ def read_drive(path: str | Path | None = None) -> Drive:
 
 
 def default_model() -> Path:
-    """``models/lane_keep_lstm.onnx`` in the current directory, else in the source tree."""
-    if DEFAULT_MODEL.is_file():
-        return DEFAULT_MODEL
-    tree = Path(__file__).resolve().parents[2] / DEFAULT_MODEL  # an editable install
-    return tree if tree.is_file() else DEFAULT_MODEL
+    """``models/lane_keep_lstm.onnx`` in the current directory, else the shipped copy."""
+    return resolve_model_path(DEFAULT_MODEL)
 
 
 # ----------------------------------------------------------------------------- the demo
