@@ -197,3 +197,19 @@ def test_check_fails_on_a_perturbed_step_graph(exports: dict[str, Path],
 def _check(model: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "lstm_stream", "check", str(model), *args],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_a_float64_policy_is_refused_by_onnxruntime_by_name_and_served_by_numpy(
+        tmp_path: Path, xs: np.ndarray) -> None:
+    from lstm_stream.client import ControlError
+
+    path = export_legacy(policies.lstm_policy().double(), tmp_path / "double.onnx")
+    assert load_contract(path, _io()).dtype == "float64"
+    with pytest.raises(ControlError, match=r"cannot run it(.|\n)*not float64: export in "
+                       r"float32, or serve it with --backend numpy"), serve_process(
+            path, "tcp://127.0.0.1:1", "--io", "y=action"):
+        pass
+    want_action, _ = torch_steps(policies.lstm_policy().double(), xs)
+    got, _ = serve_streams(path, xs, "--io", "y=action", "--backend", "numpy")
+    for (i, seq), out in got.items():
+        np.testing.assert_allclose(out["y"], want_action[i, seq], atol=1e-5)
