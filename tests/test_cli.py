@@ -117,6 +117,7 @@ SHARED_BY = {
     "logs/recover.py": ("log recover",),
     "model_io.py": ("serve", "eval", "info", "check"),
     "backends/torch.py": ("check",),
+    "backends/onnxruntime.py": ("serve", "eval"),
 }
 # Modules that hold the texts of several commands: an option must exist in one of them.
 ONE_OF = {
