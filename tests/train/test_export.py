@@ -78,6 +78,19 @@ def test_regression_export_with_added_input(tmp_path: Path, memory_npz: Path) ->
     assert json.loads(load_contract(out).metadata["feature_names"]) == ["cue", "noise"]
 
 
+def test_the_export_log_says_how_many_sequences_were_checked(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from conftest import write_class_npz
+
+    npz = write_class_npz(tmp_path / "few.npz", sequences=24)  # test split: 2 sequences
+    result, _ = trained(tmp_path, npz, "data.split=[0.8, 0.1, 0.1]", "model.hidden=4",
+                        "train.epochs=1", "export.verify_sequences=16")
+    with caplog.at_level("INFO", logger="lstm_stream.train.export"):
+        export_checkpoint(result.best_path, tmp_path / "m.onnx")
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("exported")]
+    assert len(said) == 1 and said[0].endswith(" over 16 sequences)"), said
+
+
 def _graph(tmp_path: Path, npz: Path) -> tuple[object, TrainResult, list[np.ndarray]]:
     result, config = trained(tmp_path, npz)
     info = ExportInfo(["a", "b", "c"], ["0", "1", "2"], config.digest(), {}, {})

@@ -329,7 +329,8 @@ def write_verified(proto: Any, model: SequenceModel, sequences: Sequence[np.ndar
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
-    log.info("exported %s (%d bytes, max |step - PyTorch| = %.2e)", path, len(data), worst)
+    log.info("exported %s (%d bytes, max |step - PyTorch| = %.2e over %d sequences)", path,
+             len(data), worst, len(sequences))
     return worst
 
 
