@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lstm_stream.backends.numpy import NumpyBackend
-from lstm_stream.client import VehicleStack
-from lstm_stream.contract import load_contract
+from lstm_stream.core.backends.numpy import NumpyBackend
+from lstm_stream.core.contract import load_contract
 from lstm_stream.demo import RunnerProcess, free_endpoint, runner_process
+from lstm_stream.serve.client import VehicleStack
 
 REPO = Path(__file__).resolve().parents[1]
 Served = RunnerProcess

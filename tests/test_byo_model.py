@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import zmq
 
-from lstm_stream.client import control_request
-from lstm_stream.contract import load_contract
-from lstm_stream.errors import ModelContractError
-from lstm_stream.protocol import encode_sensor
+from lstm_stream.core.contract import load_contract
+from lstm_stream.core.errors import ModelContractError
+from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.serve.client import control_request
 
 from support import REPO, VehicleStack, serve_process
 
@@ -162,7 +162,7 @@ def test_ambiguous_outputs_are_refused_with_the_flags_to_pass(exports: dict[str,
 
 
 def _io() -> Any:
-    from lstm_stream.model_io import ModelIO
+    from lstm_stream.core.model_io import ModelIO
 
     return ModelIO(y="action")
 
@@ -201,7 +201,7 @@ def _check(model: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_a_float64_policy_is_refused_by_onnxruntime_by_name_and_served_by_numpy(
         tmp_path: Path, xs: np.ndarray) -> None:
-    from lstm_stream.client import ControlError
+    from lstm_stream.serve.client import ControlError
 
     path = export_legacy(policies.lstm_policy().double(), tmp_path / "double.onnx")
     assert load_contract(path, _io()).dtype == "float64"

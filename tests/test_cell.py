@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lstm_stream.cell import (
+from lstm_stream.core.cell import (
     GruWeights,
     LstmWeights,
     gru_from_onnx,

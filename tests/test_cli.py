@@ -109,25 +109,28 @@ def test_demo_runs_and_outputs_match_the_reference(tmp_path: Path) -> None:
 # exist in each (a hint raised in logs/reader.py reaches eval and replay alike).
 SHARED_BY = {
     "logs/reader.py": ("eval", "replay"),
-    "config.py": ("serve", "eval"),
-    "snapshot.py": ("serve",),
-    "evaluate.py": ("eval",),
-    "cluster.py": ("eval",),
+    "core/config.py": ("serve", "eval"),
+    "core/snapshot.py": ("serve",),
+    "evaluate/run.py": ("eval",),
+    "evaluate/ray.py": ("eval",),
     "logs/record.py": ("record",),
     "logs/recover.py": ("log recover",),
-    "model_io.py": ("serve", "eval", "info", "check"),
-    "backends/torch.py": ("check",),
-    "backends/onnxruntime.py": ("serve", "eval"),
+    "core/model_io.py": ("serve", "eval", "info", "check"),
+    "core/backends/torch.py": ("check",),
+    "core/backends/onnxruntime.py": ("serve", "eval"),
 }
 # Modules that hold the texts of several commands: an option must exist in one of them.
 ONE_OF = {
     "bench/": ("bench", "serve"),  # also builds serve command lines
-    "cli.py": ("serve", "info", "check", "control", "demo"),
-    "client.py": ("serve", "control"),
+    "cli/main.py": ("serve", "info", "check", "control", "demo"),
+    "cli/bench.py": ("bench",),
+    "cli/train.py": ("train", "export"),
+    "cli/keys.py": ("keys generate",),
+    "serve/client.py": ("serve", "control"),
     "demo.py": ("demo", "serve"),
-    "logs/cli.py": ("record", "replay", "eval", "log info", "log recover"),
-    "replay.py": ("replay", "serve"),
-    "security/": ("keys generate", "control"),
+    "cli/logs.py": ("record", "replay", "eval", "log info", "log recover"),
+    "logs/replay.py": ("replay", "serve"),
+    "serve/security/": ("keys generate", "control"),
     "sim/": ("record", "serve"),
     "train/": ("train", "export"),
 }
@@ -139,7 +142,7 @@ FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*")
 
 
 def _options_by_command() -> dict[str, set[str]]:
-    from lstm_stream.cli import build_parser
+    from lstm_stream.cli.main import build_parser
 
     found: dict[str, set[str]] = {}
 

@@ -28,10 +28,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "logs"))
 from logfixtures import write_drive
 
-from lstm_stream.cli import main
-from lstm_stream.errors import EvaluationError
-from lstm_stream.evaluate import EvalOptions, evaluate
-from lstm_stream.progress import Progress
+from lstm_stream.cli.main import main
+from lstm_stream.core.errors import EvaluationError
+from lstm_stream.core.progress import Progress
+from lstm_stream.evaluate.run import EvalOptions, evaluate
 
 from support import REPO, run_python
 
@@ -289,9 +289,9 @@ def test_missing_ray_says_which_extra_to_install_and_plain_eval_needs_no_ray(
         tmp_path: Path) -> None:
     logs = write_logs(tmp_path, 1)
     without_ray = ("import sys; sys.modules['ray'] = None\n"  # any `import ray` now fails
-                   "from lstm_stream.cli import main\n"
+                   "from lstm_stream.cli.main import main\n"
                    "code = main(sys.argv[1:])\n"
-                   "assert 'lstm_stream.cluster' not in sys.modules or '--ray' in sys.argv\n"
+                   "assert 'lstm_stream.evaluate.ray' not in sys.modules or '--ray' in sys.argv\n"
                    "sys.exit(code)\n")
     done = run_eval(*logs, "--model", MODEL, "--ray", "127.0.0.1:6379", cwd=tmp_path,
                     code=without_ray)
@@ -305,10 +305,10 @@ def test_missing_ray_says_which_extra_to_install_and_plain_eval_needs_no_ray(
 
 def test_the_runtime_never_imports_ray() -> None:
     code = ("import sys\n"
-            "import lstm_stream.runner, lstm_stream.cli, lstm_stream.evaluate\n"
-            "from lstm_stream.cli import build_parser\n"
+            "import lstm_stream.serve.runner, lstm_stream.cli.main, lstm_stream.evaluate.run\n"
+            "from lstm_stream.cli.main import build_parser\n"
             "build_parser()\n"
-            "assert 'ray' not in sys.modules and 'lstm_stream.cluster' not in sys.modules\n")
+            "assert 'ray' not in sys.modules and 'lstm_stream.evaluate.ray' not in sys.modules\n")
     done = run_python(code)
     assert done.returncode == 0, done.stderr
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lstm_stream.config import RunnerConfig, load_runner_config
-from lstm_stream.errors import ConfigError
+from lstm_stream.core.config import RunnerConfig, load_runner_config
+from lstm_stream.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,10 +10,11 @@ import msgpack
 import numpy as np
 import pytest
 
-from lstm_stream.backends.base import step_sequences
-from lstm_stream.backends.numpy import NumpyBackend
-from lstm_stream.backends.onnxruntime import OnnxRuntimeBackend
-from lstm_stream.contract import load_contract
+from lstm_stream.core.backends.base import step_sequences
+from lstm_stream.core.backends.numpy import NumpyBackend
+from lstm_stream.core.backends.onnxruntime import OnnxRuntimeBackend
+from lstm_stream.core.contract import load_contract
+from lstm_stream.core.errors import LogError
 from lstm_stream.demo import (
     DemoError,
     Drive,
@@ -22,7 +23,6 @@ from lstm_stream.demo import (
     run_demo,
     write_drive,
 )
-from lstm_stream.errors import LogError
 
 from support import REPO, run_python
 

@@ -17,13 +17,13 @@ import zmq
 sys.path.insert(0, str(Path(__file__).parent / "logs"))
 from logfixtures import T0, write_drive
 
-from lstm_stream.cli import main
-from lstm_stream.errors import EvaluationError, LogError
-from lstm_stream.evaluate import EvalOptions, check_reference, evaluate
+from lstm_stream.cli.main import main
+from lstm_stream.core.errors import EvaluationError, LogError
+from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.evaluate.run import EvalOptions, check_reference, evaluate
 from lstm_stream.logs.reader import LogReader
+from lstm_stream.logs.replay import ReplayConfig, Replayer
 from lstm_stream.logs.writer import LogWriter
-from lstm_stream.protocol import encode_sensor
-from lstm_stream.replay import ReplayConfig, Replayer
 
 from make_model import build_step_model
 from support import REPO, VehicleStack, poisoned_model, serve_process

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import zmq
 
-from lstm_stream.client import control_request
-from lstm_stream.protocol import encode_sensor
+from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.serve.client import control_request
 
 from support import REPO, Reference, Served, VehicleStack, free_endpoint, serve_process
 

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import zmq
 
-from lstm_stream.backends.onnxruntime import OnnxRuntimeBackend
-from lstm_stream.client import VehicleStack, control_request
-from lstm_stream.config import load_runner_config
-from lstm_stream.contract import load_contract
-from lstm_stream.protocol import encode_sensor
-from lstm_stream.runner import Runner
+from lstm_stream.core.backends.onnxruntime import OnnxRuntimeBackend
+from lstm_stream.core.config import load_runner_config
+from lstm_stream.core.contract import load_contract
+from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.serve.client import VehicleStack, control_request
+from lstm_stream.serve.runner import Runner
 
 from support import REPO, free_endpoint
 

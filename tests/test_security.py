@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 import zmq
 
-from lstm_stream.cli import main
-from lstm_stream.client import ControlError, control_request
-from lstm_stream.config import is_loopback, load_runner_config
-from lstm_stream.contract import load_contract
-from lstm_stream.errors import ConfigError, SecurityError
-from lstm_stream.protocol import encode_sensor
-from lstm_stream.security import ClientKeys, generate_keys, load_server_keys
-from lstm_stream.security.curve import ENV_CLIENT_KEY, ENV_SERVER_KEY
+from lstm_stream.cli.main import main
+from lstm_stream.core.config import is_loopback, load_runner_config
+from lstm_stream.core.contract import load_contract
+from lstm_stream.core.errors import ConfigError, SecurityError
+from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.serve.client import ControlError, control_request
+from lstm_stream.serve.security import ClientKeys, generate_keys, load_server_keys
+from lstm_stream.serve.security.curve import ENV_CLIENT_KEY, ENV_SERVER_KEY
 
 from support import REPO, VehicleStack, free_endpoint, serve_process
 

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import zmq
 
-from lstm_stream.client import control_request
-from lstm_stream.contract import load_contract
-from lstm_stream.protocol import encode_sensor
+from lstm_stream.core.contract import load_contract
+from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.serve.client import control_request
 
 from make_model import build_step_model
 from support import (
@@ -311,9 +311,10 @@ def test_clean_exit_on_signal(stack: VehicleStack, sig: signal.Signals) -> None:
 
 def test_runtime_imports_without_torch() -> None:
     code = ("import sys; sys.modules['torch'] = None\n"  # any 'import torch' now fails
-            "import lstm_stream.runner, lstm_stream.cli, lstm_stream.backends.onnxruntime\n"
-            "import lstm_stream.backends.numpy, lstm_stream.info\n"
-            "from lstm_stream.cli import main\n"
+            "import lstm_stream.serve.runner, lstm_stream.cli.main\n"
+            "import lstm_stream.core.backends.onnxruntime\n"
+            "import lstm_stream.core.backends.numpy, lstm_stream.cli.info\n"
+            "from lstm_stream.cli.main import main\n"
             "assert main(['info', 'models/random_lstm.onnx']) == 0\n")
     done = run_python(code)
     assert done.returncode == 0, done.stderr
@@ -373,8 +374,8 @@ def test_a_burst_of_many_streams_is_batched_in_order_and_exact(stack: VehicleSta
     """3000 messages of 100 streams sent as fast as possible: the runner steps them in
     batches (status: fewer backend calls than steps), every stream's outputs arrive
     in seq order, and each equals, bit for bit, stepping one message at a time."""
-    from lstm_stream.backends import create_backend
-    from lstm_stream.stepper import Stepped, StreamStepper
+    from lstm_stream.core.backends import create_backend
+    from lstm_stream.core.stepper import Stepped, StreamStepper
 
     contract = load_contract(MODEL)
     unbatched = StreamStepper(contract, create_backend("onnxruntime", contract))

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import zmq
 
-from lstm_stream.client import control_request
-from lstm_stream.protocol import encode_sensor
-from lstm_stream.shard import Shard, shard_of, shard_topic, topic_for
+from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.core.shard import Shard, shard_of, shard_topic, topic_for
+from lstm_stream.serve.client import control_request
 
 from support import REPO, Reference, Served, VehicleStack, serve_process
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from lstm_stream.contract import load_contract
-from lstm_stream.errors import ModelContractError
-from lstm_stream.shipped import SHIPPED, resolve_model_path, shipped_model
+from lstm_stream.core.contract import load_contract
+from lstm_stream.core.errors import ModelContractError
+from lstm_stream.core.shipped import SHIPPED, resolve_model_path, shipped_model
 
 from support import REPO
 

@@ -18,13 +18,12 @@ import numpy as np
 import pytest
 import zmq
 
-from lstm_stream import state as s
-from lstm_stream.backends.onnxruntime import OnnxRuntimeBackend
-from lstm_stream.client import ControlError, control_request
-from lstm_stream.contract import StateSpec, load_contract
-from lstm_stream.errors import SnapshotError
-from lstm_stream.protocol import SensorMessage, encode_sensor
-from lstm_stream.snapshot import (
+from lstm_stream.core import state as s
+from lstm_stream.core.backends.onnxruntime import OnnxRuntimeBackend
+from lstm_stream.core.contract import StateSpec, load_contract
+from lstm_stream.core.errors import SnapshotError
+from lstm_stream.core.protocol import SensorMessage, encode_sensor
+from lstm_stream.core.snapshot import (
     check_snapshot_path,
     decode_snapshot,
     encode_snapshot,
@@ -33,7 +32,8 @@ from lstm_stream.snapshot import (
     restore,
     write_atomic,
 )
-from lstm_stream.state import Admission, StateStore
+from lstm_stream.core.state import Admission, StateStore
+from lstm_stream.serve.client import ControlError, control_request
 
 from support import REPO, Served, VehicleStack, free_endpoint, serve_process
 

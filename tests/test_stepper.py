@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lstm_stream.backends import create_backend
-from lstm_stream.contract import ModelContract, load_contract
-from lstm_stream.protocol import Rejection, encode_sensor
-from lstm_stream.stepper import Result, Stepped, StreamStepper
+from lstm_stream.core.backends import create_backend
+from lstm_stream.core.contract import ModelContract, load_contract
+from lstm_stream.core.protocol import Rejection, encode_sensor
+from lstm_stream.core.stepper import Result, Stepped, StreamStepper
 
 from support import REPO, poisoned_model
 

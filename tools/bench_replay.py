@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.logs.replay import ReplayConfig, Replayer
 from lstm_stream.logs.writer import LogWriter
-from lstm_stream.protocol import encode_sensor
-from lstm_stream.replay import ReplayConfig, Replayer
 
 SUBSCRIBER = """
 import sys, zmq

@@ -43,11 +43,11 @@ import msgpack
 import numpy as np
 import zmq
 
-from lstm_stream.backends.onnxruntime import OnnxRuntimeBackend
-from lstm_stream.client import VehicleStack, control_request
-from lstm_stream.contract import load_contract
-from lstm_stream.protocol import MAX_STREAM_NAME_BYTES, Rejection
-from lstm_stream.stepper import StreamStepper
+from lstm_stream.core.backends.onnxruntime import OnnxRuntimeBackend
+from lstm_stream.core.contract import load_contract
+from lstm_stream.core.protocol import MAX_STREAM_NAME_BYTES, Rejection
+from lstm_stream.core.stepper import StreamStepper
+from lstm_stream.serve.client import VehicleStack, control_request
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from soak import rss_mb, start_serve

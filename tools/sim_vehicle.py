@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from lstm_stream.errors import LstmStreamError
-from lstm_stream.progress import TerminalProgress
+from lstm_stream.core.errors import LstmStreamError
+from lstm_stream.core.progress import TerminalProgress
 
 MODEL = Path("models/lane_keep_lstm.onnx")
 CARD_JSON = Path("models/lane_keep_lstm.card.json")
@@ -182,7 +182,7 @@ def _record(args: argparse.Namespace) -> int:
 def _record_live(args: argparse.Namespace, sim: Any, seeds: list[int]) -> int:
     import zmq
 
-    from lstm_stream.client import VehicleStack
+    from lstm_stream.serve.client import VehicleStack
     from lstm_stream.sim.loop import record_episodes, wait_subscribers
 
     ctx = zmq.Context()
@@ -228,7 +228,7 @@ CARD_END = "<!-- metrics:end -->"
 def _card(args: argparse.Namespace) -> int:
     import torch
 
-    from lstm_stream.contract import load_contract
+    from lstm_stream.core.contract import load_contract
     from lstm_stream.train.loop import load_checkpoint, model_from_checkpoint
 
     best = args.run / "best.pt"

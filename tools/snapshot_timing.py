@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lstm_stream.contract import load_contract
-from lstm_stream.protocol import SensorMessage
-from lstm_stream.snapshot import encode_snapshot, frame_snapshot, read_snapshot, write_atomic
-from lstm_stream.state import Admission, StateStore
+from lstm_stream.core.contract import load_contract
+from lstm_stream.core.protocol import SensorMessage
+from lstm_stream.core.snapshot import encode_snapshot, frame_snapshot, read_snapshot, write_atomic
+from lstm_stream.core.state import Admission, StateStore
 
 
 def main() -> int:

@@ -33,8 +33,8 @@ import msgpack
 import numpy as np
 import zmq
 
-from lstm_stream.client import ControlError, VehicleStack, control_request
-from lstm_stream.protocol import encode_sensor
+from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.serve.client import ControlError, VehicleStack, control_request
 
 
 def free_endpoint() -> str:

@@ -2,6 +2,6 @@
 
 import sys
 
-from lstm_stream.cli import main
+from lstm_stream.cli.main import main
 
 sys.exit(main())

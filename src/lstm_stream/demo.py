@@ -40,11 +40,11 @@ import msgpack
 import numpy as np
 import zmq
 
-from lstm_stream.backends.numpy import NumpyBackend
-from lstm_stream.client import ControlError, VehicleStack, control_request
-from lstm_stream.contract import ModelContract, load_contract
-from lstm_stream.errors import LogError, LstmStreamError
-from lstm_stream.shipped import resolve_model_path
+from lstm_stream.core.backends.numpy import NumpyBackend
+from lstm_stream.core.contract import ModelContract, load_contract
+from lstm_stream.core.errors import LogError, LstmStreamError
+from lstm_stream.core.shipped import resolve_model_path
+from lstm_stream.serve.client import ControlError, VehicleStack, control_request
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from lstm_stream import cell
-from lstm_stream.backends import StepBackend, create_backend
-from lstm_stream.contract import ModelContract, load_contract
-from lstm_stream.errors import BackendError, UnsupportedOperatorError
+from lstm_stream.core import cell
+from lstm_stream.core.backends import StepBackend, create_backend
+from lstm_stream.core.contract import ModelContract, load_contract
+from lstm_stream.core.errors import BackendError, UnsupportedOperatorError
 
 from make_model import build_step_model
 from support import run_python
@@ -272,10 +272,10 @@ def test_runtime_backends_do_not_import_torch(model_factory: Any) -> None:
     path = model_factory(layers=1, hidden=4, features=3)
     code = (
         "import sys, numpy as np\n"
-        "import lstm_stream.backends.numpy, lstm_stream.backends.onnxruntime\n"
-        "import lstm_stream.contract\n"
-        "from lstm_stream.backends import create_backend\n"
-        f"c = lstm_stream.contract.load_contract({str(path)!r})\n"
+        "import lstm_stream.core.backends.numpy, lstm_stream.core.backends.onnxruntime\n"
+        "import lstm_stream.core.contract\n"
+        "from lstm_stream.core.backends import create_backend\n"
+        f"c = lstm_stream.core.contract.load_contract({str(path)!r})\n"
         "b = create_backend('numpy', c)\n"
         "b.step(np.zeros((1, 3), np.float32), [np.zeros((1, 1, 4), np.float32)] * 2)\n"
         "print(sorted(m for m in ('torch', 'onnx') if m in sys.modules))\n"
@@ -287,7 +287,7 @@ def test_runtime_backends_do_not_import_torch(model_factory: Any) -> None:
 
 def test_onnxruntime_fast_path_equals_the_public_run() -> None:
     """The backend's direct call into the C++ session gives what `InferenceSession.run` gives."""
-    from lstm_stream.backends.onnxruntime import OnnxRuntimeBackend
+    from lstm_stream.core.backends.onnxruntime import OnnxRuntimeBackend
 
     repo = Path(__file__).resolve().parents[2]
     contract = load_contract(repo / "models" / "random_lstm.onnx")
@@ -311,7 +311,7 @@ def test_onnxruntime_fast_path_equals_the_public_run() -> None:
 def test_backends_run_the_bytes_that_were_hashed(model_factory: Any) -> None:
     """Replacing the model file after the contract was read (and its hash checked)
     changes nothing: every backend runs the bytes that were hashed."""
-    from lstm_stream.backends import create_backend
+    from lstm_stream.core.backends import create_backend
 
     path = model_factory(name="pinned.onnx", seed=1)
     contract = load_contract(path)

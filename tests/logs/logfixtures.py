@@ -8,8 +8,8 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
+from lstm_stream.core.protocol import encode_sensor
 from lstm_stream.logs.writer import LogWriter
-from lstm_stream.protocol import encode_sensor
 
 T0 = 1_700_000_000_000_000_000  # log times: ns since the epoch, like a real recording
 

@@ -18,11 +18,11 @@ import zmq
 from logfixtures import write_drive
 from mcap.reader import make_reader
 
-from lstm_stream.cli import main
+from lstm_stream.cli.main import main
+from lstm_stream.core.protocol import encode_sensor
 from lstm_stream.demo import free_endpoint
 from lstm_stream.logs.reader import LogReader
-from lstm_stream.protocol import encode_sensor
-from lstm_stream.replay import ReplayConfig, Replayer
+from lstm_stream.logs.replay import ReplayConfig, Replayer
 
 from support import run_python
 
@@ -155,7 +155,7 @@ def test_log_info_reports_topics_streams_and_gaps(tmp_path: Path,
 
 def test_cli_imports_and_explains_without_mcap() -> None:
     code = ("import sys; sys.modules['mcap'] = None\n"
-            "from lstm_stream.cli import main\n"
+            "from lstm_stream.cli.main import main\n"
             "sys.exit(main(['log', 'info', 'x.mcap']))")
     proc = run_python(code)
     assert proc.returncode == 1

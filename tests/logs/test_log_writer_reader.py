@@ -10,7 +10,7 @@ import pytest
 from logfixtures import T0, write_drive
 from mcap.reader import make_reader
 
-from lstm_stream.errors import LogError
+from lstm_stream.core.errors import LogError
 from lstm_stream.logs.reader import LogReader, read_log
 from lstm_stream.logs.writer import LogWriter
 

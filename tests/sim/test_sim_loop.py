@@ -12,7 +12,7 @@ import zmq
 
 pytest.importorskip("highway_env", reason="needs the [sim] extra")
 
-from lstm_stream.client import VehicleStack
+from lstm_stream.serve.client import VehicleStack
 from lstm_stream.sim.env import LaneKeepingSim, SimConfig
 from lstm_stream.sim.loop import Mode, PolicyLink, closed_loop, run_episode
 from lstm_stream.sim.report import summarize, table, write_json, write_plot

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from lstm_stream.backends import create_backend
-from lstm_stream.backends.base import step_sequences
-from lstm_stream.contract import load_contract
-from lstm_stream.errors import ExportError
+from lstm_stream.core.backends import create_backend
+from lstm_stream.core.backends.base import step_sequences
+from lstm_stream.core.contract import load_contract
+from lstm_stream.core.errors import ExportError
 from lstm_stream.train.config import TrainConfig, load_train_config
 from lstm_stream.train.data import load_dataset
 from lstm_stream.train.export import (
@@ -132,7 +132,7 @@ def test_swapped_gate_order_is_refused(tmp_path: Path, class_npz: Path) -> None:
 
 
 def test_export_refuses_a_non_checkpoint(tmp_path: Path) -> None:
-    from lstm_stream.errors import TrainingError
+    from lstm_stream.core.errors import TrainingError
 
     bogus = tmp_path / "x.pt"
     torch.save({"weights": torch.zeros(2)}, bogus)

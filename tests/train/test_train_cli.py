@@ -13,7 +13,7 @@ import pytest
 import torch
 import zmq
 
-from lstm_stream.protocol import encode_sensor
+from lstm_stream.core.protocol import encode_sensor
 from lstm_stream.train.config import load_train_config
 from lstm_stream.train.data import load_dataset
 from lstm_stream.train.loop import load_checkpoint, model_from_checkpoint
@@ -28,7 +28,7 @@ def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
 
 def test_help_works_without_torch() -> None:
     code = ("import sys; sys.modules['torch'] = None\n"  # any 'import torch' now fails
-            "from lstm_stream.cli import main\n"
+            "from lstm_stream.cli.main import main\n"
             "sys.argv = ['lstm-stream', 'train', '--help']\n"
             "main()\n")
     proc = run_python(code)

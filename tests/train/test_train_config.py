@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lstm_stream.errors import ConfigError
+from lstm_stream.core.errors import ConfigError
 from lstm_stream.train.config import TrainConfig, load_train_config
 
 REPO = Path(__file__).resolve().parents[2]

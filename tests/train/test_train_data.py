@@ -10,7 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from lstm_stream.errors import TrainingError
+from lstm_stream.core.errors import TrainingError
 from lstm_stream.train.config import TrainConfig, load_train_config
 from lstm_stream.train.data import load_dataset, read_csv, read_idx
 

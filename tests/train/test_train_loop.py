@@ -93,7 +93,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path, memory_npz: Path, mode: str
 
 
 def test_resume_refuses_another_model(tmp_path: Path, class_npz: Path) -> None:
-    from lstm_stream.errors import TrainingError
+    from lstm_stream.core.errors import TrainingError
 
     base = ["data.source='npz'", f"data.path='{class_npz}'", "train.epochs=1"]
     config = load_train_config(None, [*base, "model.hidden=8"])

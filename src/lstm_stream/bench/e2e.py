@@ -29,9 +29,9 @@ import numpy as np
 import zmq
 
 from lstm_stream.bench.stats import summarize_ns
-from lstm_stream.client import control_request
+from lstm_stream.core.errors import LstmStreamError
 from lstm_stream.demo import free_endpoint, stop_process
-from lstm_stream.errors import LstmStreamError
+from lstm_stream.serve.client import control_request
 
 log = logging.getLogger(__name__)
 CLK_TCK = os.sysconf("SC_CLK_TCK")

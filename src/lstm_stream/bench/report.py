@@ -13,8 +13,8 @@ import numpy as np
 from lstm_stream.bench.e2e import measure
 from lstm_stream.bench.platform import platform_record
 from lstm_stream.bench.step import RUNNER_PATH, has_torch, step_suite
-from lstm_stream.contract import ModelContract, load_contract
-from lstm_stream.progress import NullProgress, Progress
+from lstm_stream.core.contract import ModelContract, load_contract
+from lstm_stream.core.progress import NullProgress, Progress
 
 log = logging.getLogger(__name__)
 

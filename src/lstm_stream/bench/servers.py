@@ -28,7 +28,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from lstm_stream.contract import load_contract
+from lstm_stream.core.contract import load_contract
 
 Step = Callable[[str, np.ndarray], list[float]]
 IMPLS = ("echo", "decode", "naive-ort", "naive-torch")

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from lstm_stream.backends import create_backend
-from lstm_stream.backends.onnxruntime import session_options
 from lstm_stream.bench.stats import summarize_ns
-from lstm_stream.contract import ModelContract
-from lstm_stream.errors import BackendError
-from lstm_stream.protocol import Rejection
+from lstm_stream.core.backends import create_backend
+from lstm_stream.core.backends.onnxruntime import session_options
+from lstm_stream.core.contract import ModelContract
+from lstm_stream.core.errors import BackendError
+from lstm_stream.core.protocol import Rejection
 
 RUNNER_PATH = "runner in process: decode + state + step + encode"
 FLOOR_B_PACED = "bare InferenceSession.run, 1 ms apart"
@@ -95,8 +95,8 @@ def runner_path(contract: ModelContract, steps: int, warmup: int,
     """
     import msgpack
 
-    from lstm_stream.protocol import encode_output, encode_sensor
-    from lstm_stream.stepper import StreamStepper
+    from lstm_stream.core.protocol import encode_output, encode_sensor
+    from lstm_stream.core.stepper import StreamStepper
 
     backend = create_backend("onnxruntime", contract, threads=threads)
     stepper = StreamStepper(contract, backend, max_streams=16, idle_timeout_s=1e6)

@@ -51,11 +51,11 @@ from lstm_stream.bench.platform import platform_record
 from lstm_stream.bench.report import model_record, render_platform, render_table
 from lstm_stream.bench.stats import summarize_ns
 from lstm_stream.bench.step import has_torch, time_calls
-from lstm_stream.client import control_request
-from lstm_stream.config import BatchingConfig, StateConfig
-from lstm_stream.contract import ModelContract, load_contract
-from lstm_stream.errors import LstmStreamError
-from lstm_stream.progress import NullProgress, Progress
+from lstm_stream.core.config import BatchingConfig, StateConfig
+from lstm_stream.core.contract import ModelContract, load_contract
+from lstm_stream.core.errors import LstmStreamError
+from lstm_stream.core.progress import NullProgress, Progress
+from lstm_stream.serve.client import control_request
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +370,7 @@ def batched_run(contract: ModelContract, batch: int, runs: int, warmup: int,
     """
     import onnxruntime as ort
 
-    from lstm_stream.backends.onnxruntime import session_options
+    from lstm_stream.core.backends.onnxruntime import session_options
 
     sess = ort.InferenceSession(str(contract.path), sess_options=session_options(threads),
                                 providers=["CPUExecutionProvider"])

@@ -33,7 +33,7 @@ from mcap.data_stream import ReadDataStream
 from mcap.opcode import Opcode
 from mcap.records import Channel, Chunk, Header, Metadata, Schema
 
-from lstm_stream.errors import LogError
+from lstm_stream.core.errors import LogError
 from lstm_stream.logs import format as fmt
 
 log = logging.getLogger(__name__)

@@ -24,10 +24,10 @@ from typing import Any
 
 import zmq
 
-from lstm_stream.errors import ConfigError
+from lstm_stream.core.errors import ConfigError
+from lstm_stream.core.progress import NullProgress, Progress
 from lstm_stream.logs import format as fmt
 from lstm_stream.logs.writer import LogWriter
-from lstm_stream.progress import NullProgress, Progress
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lstm_stream.errors import LogError
+from lstm_stream.core.errors import LogError
+from lstm_stream.core.progress import NullProgress, Progress
 from lstm_stream.logs import format as fmt
 from lstm_stream.logs.reader import LogProblem, LogReader
 from lstm_stream.logs.writer import LogWriter
-from lstm_stream.progress import NullProgress, Progress
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from mcap.writer import CompressionType, Writer
 
-from lstm_stream.errors import LogError
+from lstm_stream.core.errors import LogError
 from lstm_stream.logs import format as fmt
 
 log = logging.getLogger(__name__)

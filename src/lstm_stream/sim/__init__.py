@@ -16,7 +16,7 @@ docs/driving.md describes the task and how to reproduce every figure.
 
 from __future__ import annotations
 
-from lstm_stream.errors import LstmStreamError
+from lstm_stream.core.errors import LstmStreamError
 
 
 class SimError(LstmStreamError):

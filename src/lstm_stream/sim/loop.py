@@ -38,10 +38,10 @@ import msgpack
 import numpy as np
 import zmq
 
-from lstm_stream.client import VehicleStack
+from lstm_stream.core.progress import NullProgress, Progress
+from lstm_stream.core.protocol import encode_sensor
 from lstm_stream.demo import runner_process
-from lstm_stream.progress import NullProgress, Progress
-from lstm_stream.protocol import encode_sensor
+from lstm_stream.serve.client import VehicleStack
 from lstm_stream.sim import SimError
 from lstm_stream.sim.env import LaneKeepingSim
 from lstm_stream.sim.expert import ExpertController, ExplorationNoise

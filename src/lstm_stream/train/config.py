@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lstm_stream.config import from_dict, load_config
-from lstm_stream.errors import ConfigError
+from lstm_stream.core.config import from_dict, load_config
+from lstm_stream.core.errors import ConfigError
 
 SOURCES = ("digits", "npz", "csv", "mnist", "log")
 FILE_SOURCES = ("npz", "csv", "mnist", "log")  # sources that read data.path

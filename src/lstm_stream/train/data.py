@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_stream.errors import TrainingError
+from lstm_stream.core.errors import TrainingError
 from lstm_stream.train.config import DataConfig, TrainConfig
 
 log = logging.getLogger(__name__)

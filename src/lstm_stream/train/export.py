@@ -6,7 +6,7 @@ hidden]``; outputs ``y``, ``h_out`` (and ``c_out``). It uses only operators the
 numpy backend interprets (Sub, Div, Unsqueeze, Slice, LSTM/GRU, Squeeze, Gemm,
 Relu, Softmax, Mul, Add, Concat), with the normalisation folded in, so every
 backend can serve it. The weights are written in the ONNX gate order by
-:mod:`lstm_stream.cell`'s converters.
+:mod:`lstm_stream.core.cell`'s converters.
 
 Before anything is written, :func:`verify_step_model` steps the graph through
 onnxruntime and through the numpy backend over held-out sequences, carrying the
@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from lstm_stream import cell
-from lstm_stream.backends.base import StepFn, step_sequences
-from lstm_stream.contract import ModelContract, contract_from_graph
-from lstm_stream.errors import ExportError, LstmStreamError
-from lstm_stream.onnx_proto import read_model
+from lstm_stream.core import cell
+from lstm_stream.core.backends.base import StepFn, step_sequences
+from lstm_stream.core.contract import ModelContract, contract_from_graph
+from lstm_stream.core.errors import ExportError, LstmStreamError
+from lstm_stream.core.onnx_proto import read_model
 from lstm_stream.train.loop import load_checkpoint, model_from_checkpoint
 from lstm_stream.train.model import SequenceModel
 
@@ -247,8 +247,8 @@ def _contract(data: bytes) -> ModelContract:
 def _steppers(data: bytes, contract: ModelContract) -> list[tuple[str, StepFn]]:
     import onnxruntime as ort
 
-    from lstm_stream.backends.numpy import NumpyBackend
-    from lstm_stream.backends.onnxruntime import session_options
+    from lstm_stream.core.backends.numpy import NumpyBackend
+    from lstm_stream.core.backends.onnxruntime import session_options
 
     session = ort.InferenceSession(data, sess_options=session_options(1),
                                    providers=["CPUExecutionProvider"])

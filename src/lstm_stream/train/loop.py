@@ -33,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lstm_stream.errors import TrainingError
-from lstm_stream.progress import NullProgress, Progress
+from lstm_stream.core.errors import TrainingError
+from lstm_stream.core.progress import NullProgress, Progress
 from lstm_stream.train.config import TrainConfig, config_from_dict
 from lstm_stream.train.data import Dataset, SequenceSet
 from lstm_stream.train.distributed import Distributed

@@ -1,0 +1,461 @@
+"""A small ONNX graph interpreter shared by the numpy and torch backends.
+
+The rules of each operator (attribute defaults, opset differences, broadcasting
+of shapes, the LSTM/GRU input conventions) are written once here, against
+:class:`ArrayOps`, which says how to do the few things that differ between
+array libraries. A backend supplies an ``ArrayOps`` and gets a
+:class:`GraphBackend`.
+
+Construction does all the checking and preparation: every node is looked up
+in :data:`BUILDERS` up front (an unknown operator fails at load time, not at
+the first step), attributes are validated, and LSTM/GRU weights are converted
+once. Each builder returns a *kernel*, a closure from the node's input values
+to its output values, so a step is one pass over a list of closures.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from lstm_stream.core import cell
+from lstm_stream.core.backends.base import StepBackend
+from lstm_stream.core.contract import ModelContract
+from lstm_stream.core.errors import BackendError, UnsupportedOperatorError
+from lstm_stream.core.onnx_proto import DTYPES, Node, OnnxModel, read_model
+
+log = logging.getLogger(__name__)
+
+Kernel = Callable[[list[Any]], list[Any]]  # input values ('' inputs as None) -> outputs
+IntsGetter = Callable[[list[Any]], list[int] | None]
+
+_CAST_TYPES = {1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13}  # float and integer TensorProto types
+
+
+class ArrayOps(ABC):
+    """What an array library must provide; values are its arrays (numpy or torch)."""
+
+    @abstractmethod
+    def from_numpy(self, array: np.ndarray) -> Any: ...
+    @abstractmethod
+    def to_numpy(self, value: Any) -> np.ndarray: ...
+    @abstractmethod
+    def ints(self, value: Any) -> list[int]: ...
+    @abstractmethod
+    def int64(self, values: list[int]) -> Any: ...
+    @abstractmethod
+    def zeros(self, shape: tuple[int, ...], like: Any) -> Any: ...
+    @abstractmethod
+    def getitem(self, value: Any, index: tuple[Any, ...]) -> Any: ...
+    @abstractmethod
+    def transpose(self, value: Any, perm: list[int]) -> Any: ...
+    @abstractmethod
+    def concat(self, values: list[Any], axis: int) -> Any: ...
+    @abstractmethod
+    def div(self, a: Any, b: Any) -> Any: ...
+    @abstractmethod
+    def cast(self, value: Any, dtype: np.dtype[Any]) -> Any: ...
+    @abstractmethod
+    def relu(self, value: Any) -> Any: ...
+    @abstractmethod
+    def tanh(self, value: Any) -> Any: ...
+    @abstractmethod
+    def sigmoid(self, value: Any) -> Any: ...
+    @abstractmethod
+    def softmax(self, value: Any, axis: int) -> Any: ...
+    @abstractmethod
+    def prepare_lstm(self, weights: cell.LstmWeights) -> Any: ...
+    @abstractmethod
+    def lstm(self, prepared: Any, xs: Any, h: Any, c: Any) -> tuple[Any, Any, Any]:
+        """xs (T, B, I), h and c (B, H) -> (ys (T, B, H), h_T, c_T)."""
+
+    @abstractmethod
+    def prepare_gru(self, weights: cell.GruWeights) -> Any: ...
+    @abstractmethod
+    def gru(self, prepared: Any, xs: Any, h: Any) -> tuple[Any, Any]:
+        """xs (T, B, I), h (B, H) -> (ys (T, B, H), h_T)."""
+
+
+class GraphProgram:
+    """A parsed ONNX graph turned into a list of kernels for one :class:`ArrayOps`."""
+
+    def __init__(self, graph: OnnxModel, ops: ArrayOps, *, backend: str) -> None:
+        self.graph, self.ops, self.backend = graph, ops, backend
+        self.opset = graph.opset.get("", 1)
+        unsupported = [
+            f"{n.op_type!r} (node {n.name!r})"
+            for n in graph.nodes
+            if n.op_type not in BUILDERS or n.domain not in ("", "ai.onnx")
+        ]
+        if unsupported:
+            raise UnsupportedOperatorError(
+                f"The {backend} backend does not implement the ONNX operator "
+                f"{', '.join(unsupported)}. Use the onnxruntime backend, which runs any model."
+            )
+        # Values known before any step: initializers and the outputs of Constant nodes.
+        self.consts: dict[str, np.ndarray] = dict(graph.initializers)
+        self.kernels = [(BUILDERS[n.op_type](n, self), n) for n in graph.nodes]
+        self.env = {name: ops.from_numpy(a) for name, a in self.consts.items()}
+
+    def fail(self, node: Node, attribute: str, why: str) -> UnsupportedOperatorError:
+        return UnsupportedOperatorError(
+            f"The {self.backend} backend cannot run {node.op_type} node {node.name!r}: "
+            f"{attribute} {why}. Use the onnxruntime backend for this model."
+        )
+
+    def const(self, node: Node, i: int) -> np.ndarray | None:
+        """Input ``i`` of ``node`` when it is known at load time, else None."""
+        if i >= len(node.inputs) or not node.inputs[i]:
+            return None
+        return self.consts.get(node.inputs[i])
+
+    def ints_input(self, node: Node, i: int) -> IntsGetter:
+        """Input ``i`` as a list of ints: precomputed when constant, read each step if not."""
+        if i >= len(node.inputs) or not node.inputs[i]:
+            return lambda ins: None
+        known = self.const(node, i)
+        if known is not None:
+            fixed = [int(v) for v in known.reshape(-1)]
+            return lambda ins: fixed
+        to_ints = self.ops.ints
+        return lambda ins: to_ints(ins[i])
+
+    def run(self, feeds: dict[str, Any], outputs: Sequence[str]) -> list[Any]:
+        env = dict(self.env)
+        env.update(feeds)
+        node = None
+        try:
+            for kernel, node in self.kernels:
+                values = kernel([env[name] if name else None for name in node.inputs])
+                for name, value in zip(node.outputs, values, strict=False):
+                    if name:
+                        env[name] = value
+            return [env[name] for name in outputs]
+        except (ValueError, IndexError, TypeError, RuntimeError, KeyError) as err:
+            where = f"{node.op_type} node {node.name!r}" if node else "the graph"
+            raise BackendError(f"The {self.backend} backend failed in {where}: {err}") from err
+
+
+class GraphBackend(StepBackend):
+    """A step backend that interprets ``contract.graph`` with an :class:`ArrayOps`."""
+
+    name: ClassVar[str]
+
+    def __init__(self, contract: ModelContract, ops: ArrayOps, *, threads: int = 1) -> None:
+        super().__init__(contract, threads=threads)
+        graph = contract.graph
+        if graph is None:
+            graph = read_model(contract.path.read_bytes(), source=str(contract.path))
+        self.ops = ops
+        self.program = GraphProgram(graph, ops, backend=self.name)
+        self._outputs = contract.output_order
+        log.debug("%s backend: %d nodes", self.name, len(graph.nodes))
+
+    def step(
+        self, x: np.ndarray, states: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        ops = self.ops
+        feeds = {name: ops.from_numpy(value)
+                 for name, value in self.contract.model_inputs(x, states).items()}
+        outs = [ops.to_numpy(v) for v in self.program.run(feeds, self._outputs)]
+        return self.contract.canonical_outputs(outs)
+
+
+# ------------------------------------------------------------------ operator rules
+Builder = Callable[[Node, GraphProgram], Kernel]
+
+
+def _axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def _elementwise(fn: Callable[[Any, Any], Any]) -> Builder:
+    return lambda node, p: lambda ins: [fn(ins[0], ins[1])]
+
+
+def _unary(method: str) -> Builder:
+    return lambda node, p: (lambda f: lambda ins: [f(ins[0])])(getattr(p.ops, method))
+
+
+def _constant(node: Node, p: GraphProgram) -> Kernel:
+    attrs = node.attributes
+    if "value" in attrs:
+        array = np.asarray(attrs["value"])
+    elif "value_float" in attrs or "value_floats" in attrs:
+        array = np.asarray(attrs.get("value_float", attrs.get("value_floats")), np.float32)
+    elif "value_int" in attrs or "value_ints" in attrs:
+        array = np.asarray(attrs.get("value_int", attrs.get("value_ints")), np.int64)
+    else:
+        raise p.fail(node, "attribute", f"{sorted(attrs)} (only tensor/float/int values)")
+    p.consts[node.outputs[0]] = array
+    value = p.ops.from_numpy(array)
+    return lambda ins: [value]
+
+
+def _gemm(node: Node, p: GraphProgram) -> Kernel:
+    alpha = float(node.attributes.get("alpha", 1.0))
+    beta = float(node.attributes.get("beta", 1.0))
+    trans_a = bool(node.attributes.get("transA", 0))
+    trans_b = bool(node.attributes.get("transB", 0))
+
+    def run(ins: list[Any]) -> list[Any]:
+        a, b = (ins[0].T if trans_a else ins[0]), (ins[1].T if trans_b else ins[1])
+        y = a @ b if alpha == 1.0 else (a @ b) * alpha
+        if len(ins) > 2 and ins[2] is not None:
+            y = y + (ins[2] if beta == 1.0 else ins[2] * beta)
+        return [y]
+
+    return run
+
+
+def _softmax(node: Node, p: GraphProgram) -> Kernel:
+    softmax = p.ops.softmax
+    if p.opset >= 13:
+        axis = int(node.attributes.get("axis", -1))
+        return lambda ins: [softmax(ins[0], axis)]
+    axis = int(node.attributes.get("axis", 1))
+
+    def coerced(ins: list[Any]) -> list[Any]:  # before opset 13: softmax of a 2-D view
+        shape = tuple(ins[0].shape)
+        k = _axis(axis, len(shape))
+        flat = ins[0].reshape((int(np.prod(shape[:k])), int(np.prod(shape[k:]))))
+        return [softmax(flat, 1).reshape(shape)]
+
+    return coerced
+
+
+def _moved_to_input(node: Node, p: GraphProgram, attribute: str) -> IntsGetter:
+    """An argument that opset 13 moved from an attribute to input 1 (axes, split)."""
+    if p.opset >= 13:
+        return p.ints_input(node, 1)
+    fixed = node.attributes.get(attribute)
+    return lambda ins: fixed
+
+
+def _squeeze(node: Node, p: GraphProgram) -> Kernel:
+    get_axes = _moved_to_input(node, p, "axes")
+
+    def run(ins: list[Any]) -> list[Any]:
+        shape, axes = tuple(ins[0].shape), get_axes(ins)
+        drop = {_axis(a, len(shape)) for a in axes} if axes else {
+            i for i, d in enumerate(shape) if d == 1}  # fmt: skip
+        if any(shape[a] != 1 for a in drop):
+            raise ValueError(f"cannot squeeze axes {sorted(drop)} of shape {list(shape)}")
+        return [ins[0].reshape(tuple(d for i, d in enumerate(shape) if i not in drop))]
+
+    return run
+
+
+def _unsqueeze(node: Node, p: GraphProgram) -> Kernel:
+    get_axes = _moved_to_input(node, p, "axes")
+
+    def run(ins: list[Any]) -> list[Any]:
+        shape = list(ins[0].shape)
+        axes = get_axes(ins) or []
+        rank = len(shape) + len(axes)
+        for a in sorted(_axis(a, rank) for a in axes):
+            shape.insert(a, 1)
+        return [ins[0].reshape(tuple(shape))]
+
+    return run
+
+
+def _concat(node: Node, p: GraphProgram) -> Kernel:
+    axis, concat = int(node.attributes["axis"]), p.ops.concat
+    return lambda ins: [concat(ins, axis)]
+
+
+def _slice(node: Node, p: GraphProgram) -> Kernel:
+    attrs = node.attributes
+    if p.opset >= 10:
+        starts, ends, axes, steps = (p.ints_input(node, i) for i in (1, 2, 3, 4))
+    else:
+        a_starts, a_ends, a_axes = attrs.get("starts"), attrs.get("ends"), attrs.get("axes")
+        starts, ends, axes = (lambda ins: a_starts), (lambda ins: a_ends), (lambda ins: a_axes)
+        steps = lambda ins: None  # noqa: E731
+    getitem = p.ops.getitem
+
+    def run(ins: list[Any]) -> list[Any]:
+        rank = len(ins[0].shape)
+        s, e = starts(ins) or [], ends(ins) or []
+        ax = axes(ins) or list(range(len(s)))
+        st = steps(ins) or [1] * len(s)
+        index: list[slice] = [slice(None)] * rank
+        for a, b, c, d in zip(ax, s, e, st, strict=True):
+            index[_axis(a, rank)] = slice(b, c, d)  # Python clamps like ONNX does
+        return [getitem(ins[0], tuple(index))]
+
+    return run
+
+
+def _gather(node: Node, p: GraphProgram) -> Kernel:
+    axis = int(node.attributes.get("axis", 0))
+    return lambda ins: [ins[0][(slice(None),) * _axis(axis, len(ins[0].shape)) + (ins[1],)]]
+
+
+def _split(node: Node, p: GraphProgram) -> Kernel:
+    axis = int(node.attributes.get("axis", 0))
+    get_split, count, getitem = _moved_to_input(node, p, "split"), len(node.outputs), p.ops.getitem
+
+    def run(ins: list[Any]) -> list[Any]:
+        rank = len(ins[0].shape)
+        k = _axis(axis, rank)
+        dim = ins[0].shape[k]
+        sizes = get_split(ins) or [-(-dim // count)] * count  # ceil, the last part smaller
+        parts, start = [], 0
+        for size in sizes:
+            index = [slice(None)] * rank
+            index[k] = slice(start, min(start + size, dim))
+            parts.append(getitem(ins[0], tuple(index)))
+            start += size
+        return parts
+
+    return run
+
+
+def _reshape(node: Node, p: GraphProgram) -> Kernel:
+    get_shape, allow_zero = p.ints_input(node, 1), bool(node.attributes.get("allowzero", 0))
+
+    def run(ins: list[Any]) -> list[Any]:
+        shape, src = get_shape(ins) or [], tuple(ins[0].shape)
+        if not allow_zero:
+            shape = [src[i] if d == 0 else d for i, d in enumerate(shape)]
+        return [ins[0].reshape(tuple(shape))]
+
+    return run
+
+
+def _transpose(node: Node, p: GraphProgram) -> Kernel:
+    perm, transpose = node.attributes.get("perm"), p.ops.transpose
+
+    def run(ins: list[Any]) -> list[Any]:
+        return [transpose(ins[0], perm or list(range(len(ins[0].shape)))[::-1])]
+
+    return run
+
+
+def _shape(node: Node, p: GraphProgram) -> Kernel:
+    start, end, int64 = node.attributes.get("start", 0), node.attributes.get("end"), p.ops.int64
+    return lambda ins: [int64(list(ins[0].shape)[start:end])]
+
+
+def _cast(node: Node, p: GraphProgram) -> Kernel:
+    to = int(node.attributes.get("to", 0))
+    if to not in _CAST_TYPES:
+        raise p.fail(node, "attribute 'to'", f"is element type {to} (only float and int types)")
+    dtype, cast = DTYPES[to], p.ops.cast
+    return lambda ins: [cast(ins[0], dtype)]
+
+
+def _recurrent_attributes(node: Node, p: GraphProgram, activations: list[str]) -> None:
+    """Refuse what the cell maths does not implement; return the hidden size."""
+    attrs = node.attributes
+    checks = [
+        ("direction", attrs.get("direction", "forward"), "forward"),
+        ("layout", attrs.get("layout", 0), 0),
+        ("input_forget", attrs.get("input_forget", 0), 0),
+        ("clip", attrs.get("clip"), None),
+        ("activation_alpha", attrs.get("activation_alpha"), None),
+        ("activation_beta", attrs.get("activation_beta"), None),
+    ]
+    given = attrs.get("activations")
+    checks.append(("activations", given, given if given in (None, activations) else activations))
+    for name, got, want in checks:
+        if got != want:
+            raise p.fail(node, f"attribute {name!r}", f"is {got!r} (only {want!r} is supported)")
+    for i, what in ((4, "sequence_lens"), (7, "P (peepholes)")):
+        if i < len(node.inputs) and node.inputs[i]:
+            raise p.fail(node, f"input {what}", "is given (it must be omitted)")
+    for i, what in ((1, "W"), (2, "R"), (3, "B")):
+        given = i < len(node.inputs) and bool(node.inputs[i])
+        if (given or i < 3) and p.const(node, i) is None:
+            raise p.fail(node, f"input {what}", "must be a constant (an initializer)")
+
+
+def _check_hidden(node: Node, hidden: int) -> None:
+    declared = node.attributes.get("hidden_size")
+    if declared is not None and declared != hidden:
+        raise BackendError(
+            f"{node.op_type} node {node.name!r} declares hidden_size={declared} but its "
+            f"weights R are for hidden size {hidden}; the model is inconsistent."
+        )
+
+
+def _lstm(node: Node, p: GraphProgram) -> Kernel:
+    _recurrent_attributes(node, p, ["Sigmoid", "Tanh", "Tanh"])
+    W, R, B = (p.const(node, i) for i in (1, 2, 3))
+    assert W is not None and R is not None
+    try:
+        weights = cell.lstm_from_onnx(W.astype(np.float32), R.astype(np.float32),
+                                      None if B is None else B.astype(np.float32))  # fmt: skip
+    except ValueError as err:
+        raise BackendError(f"LSTM node {node.name!r} has malformed weights: {err}") from err
+    _check_hidden(node, weights.hidden)
+    prepared, ops, hidden = p.ops.prepare_lstm(weights), p.ops, weights.hidden
+
+    def run(ins: list[Any]) -> list[Any]:
+        xs = ins[0]  # (T, B, I)
+        steps, batch = xs.shape[0], xs.shape[1]
+        h0 = ins[5] if len(ins) > 5 and ins[5] is not None else ops.zeros((1, batch, hidden), xs)
+        c0 = ins[6] if len(ins) > 6 and ins[6] is not None else ops.zeros((1, batch, hidden), xs)
+        ys, h, c = ops.lstm(prepared, xs, h0[0], c0[0])
+        # ONNX shapes: Y (T, directions, B, H), Y_h and Y_c (directions, B, H).
+        return [ys.reshape((steps, 1, batch, hidden)), h[None], c[None]]
+
+    return run
+
+
+def _gru(node: Node, p: GraphProgram) -> Kernel:
+    _recurrent_attributes(node, p, ["Sigmoid", "Tanh"])
+    W, R, B = (p.const(node, i) for i in (1, 2, 3))
+    assert W is not None and R is not None
+    lbr = int(node.attributes.get("linear_before_reset", 0))
+    try:
+        weights = cell.gru_from_onnx(W.astype(np.float32), R.astype(np.float32),
+                                     None if B is None else B.astype(np.float32), lbr)  # fmt: skip
+    except ValueError as err:
+        raise BackendError(f"GRU node {node.name!r} has malformed weights: {err}") from err
+    _check_hidden(node, weights.hidden)
+    prepared, ops, hidden = p.ops.prepare_gru(weights), p.ops, weights.hidden
+
+    def run(ins: list[Any]) -> list[Any]:
+        xs = ins[0]
+        steps, batch = xs.shape[0], xs.shape[1]
+        h0 = ins[5] if len(ins) > 5 and ins[5] is not None else ops.zeros((1, batch, hidden), xs)
+        ys, h = ops.gru(prepared, xs, h0[0])
+        return [ys.reshape((steps, 1, batch, hidden)), h[None]]
+
+    return run
+
+
+BUILDERS: dict[str, Builder] = {
+    "Identity": lambda node, p: lambda ins: [ins[0]],
+    "Constant": _constant,
+    "Add": _elementwise(operator.add),
+    "Sub": _elementwise(operator.sub),
+    "Mul": _elementwise(operator.mul),
+    "Div": lambda node, p: (lambda div: lambda ins: [div(ins[0], ins[1])])(p.ops.div),
+    "MatMul": _elementwise(operator.matmul),
+    "Gemm": _gemm,
+    "Relu": _unary("relu"),
+    "Tanh": _unary("tanh"),
+    "Sigmoid": _unary("sigmoid"),
+    "Softmax": _softmax,
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
+    "Concat": _concat,
+    "Slice": _slice,
+    "Gather": _gather,
+    "Split": _split,
+    "Reshape": _reshape,
+    "Transpose": _transpose,
+    "Shape": _shape,
+    "Cast": _cast,
+    "LSTM": _lstm,
+    "GRU": _gru,
+}

@@ -1,0 +1,415 @@
+"""Runner configuration: typed dataclasses loaded from TOML and validated on load.
+
+Every field has a default equal to ``configs/runner.toml`` (a test keeps the two
+in step), so the runner works with no file at all. Any field can be overridden
+from the command line as ``--set section.field=value`` (the value is parsed as
+TOML, so ``--set state.max_streams=64`` gives an int and ``--set
+input.topics=["a","b"]`` a list). Errors name the field, the rule and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lstm_stream.core.errors import ConfigError
+from lstm_stream.core.model_io import ModelIO
+
+STATE_LAYOUTS = ("", "layers_batch_hidden", "batch_layers_hidden")
+
+_ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
+_LOOPBACK_HOSTS = ("localhost", "::1", "[::1]", "lo")
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass
+class ModelIOConfig:
+    """The model's own names for x, y and its state pairs, when they cannot be inferred
+    (docs/model-contract.md); empty values are inferred."""
+
+    x: str = ""  # the input that takes the feature vector
+    y: str = ""  # the output that is the policy output
+    states: dict[str, str] = field(default_factory=dict)  # state input -> state output
+    extras: list[str] = field(default_factory=list)  # extra outputs to publish; [] = all
+    state_layout: str = ""  # "" infer | "layers_batch_hidden" | "batch_layers_hidden"
+
+    def __post_init__(self) -> None:
+        _check(self.state_layout in STATE_LAYOUTS, "model.io.state_layout",
+               f"one of {STATE_LAYOUTS}", self.state_layout)
+        _check(len(set(self.states.values())) == len(self.states), "model.io.states",
+               "pairs with distinct outputs", self.states)
+
+    def declared(self) -> ModelIO:
+        """What the contract needs: the declaration as a ModelIO."""
+        return ModelIO(self.x, self.y, dict(self.states), tuple(self.extras),
+                       self.state_layout)
+
+
+@dataclass
+class ModelConfig:
+    """Which model to serve and how to run it."""
+
+    path: str = "models/random_lstm.onnx"
+    backend: str = "onnxruntime"  # onnxruntime | numpy | torch
+    threads: int = 1  # intra-op threads; 1 is fastest for small models
+    sha256: str = ""  # pin: refuse to start when the model file's SHA-256 differs; "" = no pin
+    io: ModelIOConfig = field(default_factory=ModelIOConfig)
+
+    def __post_init__(self) -> None:
+        from lstm_stream.core.backends import BACKENDS  # local: backends import contract
+
+        _check(self.backend in BACKENDS, "model.backend", f"one of {sorted(BACKENDS)}",
+               self.backend)
+        _check(1 <= self.threads <= 256, "model.threads", "between 1 and 256", self.threads)
+        _check(bool(self.path), "model.path", "a path to an .onnx file", self.path)
+        _check(self.sha256 == "" or (len(self.sha256) == 64 and set(self.sha256) <= _HEX),
+               "model.sha256", "64 lowercase hex digits (see `lstm-stream info MODEL`) or "
+               "empty for no pin", self.sha256)
+
+
+@dataclass
+class InputConfig:
+    """The SUB socket that receives sensor messages from the vehicle stack."""
+
+    endpoint: str = "tcp://127.0.0.1:5555"
+    bind: bool = False  # the vehicle stack binds its PUB; the runner connects
+    topics: list[str] = field(default_factory=lambda: ["sensors"])
+    max_message_bytes: int = 65536  # larger payloads are rejected and counted
+    zmq_max_message_bytes: int = 1048576  # ZMQ_MAXMSGSIZE: peer disconnected above this
+    rcvhwm: int = 10000
+    busy_poll_us: int = 0  # keep polling this long after a message instead of sleeping
+
+    def __post_init__(self) -> None:
+        _check_endpoint("input.endpoint", self.endpoint)
+        _check(0 <= self.busy_poll_us <= 10_000_000, "input.busy_poll_us",
+               "between 0 and 10000000 microseconds", self.busy_poll_us)
+        _check(len(self.topics) > 0, "input.topics", "at least one topic", self.topics)
+        _check(256 <= self.max_message_bytes <= 1 << 30, "input.max_message_bytes",
+               "between 256 and 2**30", self.max_message_bytes)
+        _check(self.zmq_max_message_bytes == -1
+               or self.zmq_max_message_bytes >= self.max_message_bytes,
+               "input.zmq_max_message_bytes", ">= input.max_message_bytes, or -1 for no limit",
+               self.zmq_max_message_bytes)
+        _check(self.rcvhwm >= 0, "input.rcvhwm", ">= 0 (0 means no limit)", self.rcvhwm)
+
+
+@dataclass
+class OutputConfig:
+    """The PUB socket that publishes policy outputs and diagnostics."""
+
+    endpoint: str = "tcp://127.0.0.1:5556"
+    bind: bool = True
+    topic: str = "policy"
+    diagnostics_topic: str = "diagnostics"
+    sndhwm: int = 10000
+
+    def __post_init__(self) -> None:
+        _check_endpoint("output.endpoint", self.endpoint)
+        _check(bool(self.topic), "output.topic", "a non-empty topic", self.topic)
+        _check(bool(self.diagnostics_topic), "output.diagnostics_topic", "a non-empty topic",
+               self.diagnostics_topic)
+        _check(self.sndhwm >= 0, "output.sndhwm", ">= 0 (0 means no limit)", self.sndhwm)
+
+
+@dataclass
+class ControlConfig:
+    """The ROUTER socket that answers status and reset requests."""
+
+    endpoint: str = "tcp://127.0.0.1:5557"
+    bind: bool = True
+    # Without CURVE keys the control socket must be on loopback (or ipc/inproc): anyone
+    # who can reach it can read and reset state. true lifts that rule (docs/security.md).
+    allow_insecure_remote: bool = False
+
+    def __post_init__(self) -> None:
+        _check_endpoint("control.endpoint", self.endpoint)
+
+
+@dataclass
+class StateConfig:
+    """How per-stream state is kept, reset and bounded."""
+
+    max_streams: int = 1024  # least recently used stream evicted beyond this
+    idle_timeout_s: float = 5.0  # a stream silent for longer is reset (and forgotten)
+    max_gap: int = 0  # reset when more than this many seq are missed; 0 = never, only report
+    snapshot_path: str = ""  # state snapshot file, restored at start; "" = no snapshots
+    snapshot_interval_s: float = 1.0  # periodic snapshots; also written on SIGTERM/SIGINT
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.max_streams <= 1_000_000, "state.max_streams",
+               "between 1 and 1000000", self.max_streams)
+        _check(self.idle_timeout_s > 0, "state.idle_timeout_s", "> 0 seconds",
+               self.idle_timeout_s)
+        _check(self.max_gap >= 0, "state.max_gap", ">= 0 (0 disables gap resets)", self.max_gap)
+        _check(0.01 <= self.snapshot_interval_s <= 86400, "state.snapshot_interval_s",
+               "between 0.01 and 86400 seconds", self.snapshot_interval_s)
+
+
+@dataclass
+class BatchingConfig:
+    """Stepping waiting messages of different streams in one inference call."""
+
+    max_batch: int = 64  # messages (of distinct streams) stepped in one call; 1 = never batch
+    max_wait_us: int = 0  # after the first message, wait this long for more; 0 = no waiting,
+    # take only what is already queued (a lone message is never delayed)
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.max_batch <= 65536, "batching.max_batch", "between 1 and 65536",
+               self.max_batch)
+        _check(0 <= self.max_wait_us <= 1_000_000, "batching.max_wait_us",
+               "between 0 and 1000000 microseconds", self.max_wait_us)
+
+
+@dataclass
+class ShardingConfig:
+    """Which share of the streams this runner serves, when several runners share one
+    sensor endpoint (shard.py, docs/architecture.md)."""
+
+    count: int = 1  # runners sharing the streams; 1 = this runner serves every stream
+    index: int = 0  # this runner's shard, 0 .. count-1
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.count <= 65536, "sharding.count", "between 1 and 65536", self.count)
+        _check(0 <= self.index < self.count, "sharding.index",
+               f"between 0 and sharding.count - 1 = {self.count - 1}", self.index)
+
+
+@dataclass
+class SecurityConfig:
+    """ZeroMQ CURVE: encryption and an allow-list of client keys (docs/security.md)."""
+
+    server_key: str = ""  # the runner's secret key file (lstm-stream keys generate); "" = off
+    authorized_keys: str = ""  # directory of allowed clients' public keys (*.key)
+    secure_data: bool = False  # also require CURVE on the input and output sockets
+
+    def __post_init__(self) -> None:
+        _check(bool(self.server_key) == bool(self.authorized_keys), "security.authorized_keys",
+               "set together with security.server_key (both or neither)",
+               {"server_key": self.server_key, "authorized_keys": self.authorized_keys})
+        _check(not self.secure_data or bool(self.server_key), "security.secure_data",
+               "false unless security.server_key is set", self.secure_data)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.server_key)
+
+
+@dataclass
+class RunnerConfig:
+    """Everything ``lstm-stream serve`` needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+
+    def __post_init__(self) -> None:
+        endpoints = [self.input.endpoint, self.output.endpoint, self.control.endpoint]
+        bound = [e for e, b in zip(endpoints, [self.input.bind, self.output.bind,
+                                               self.control.bind], strict=True) if b]
+        _check(len(set(bound)) == len(bound), "endpoints",
+               "distinct endpoints for the sockets that bind", bound)
+        _check(self.security.enabled or self.control.allow_insecure_remote
+               or is_loopback(self.control.endpoint), "control.endpoint",
+               "on loopback (127.0.0.1, ::1, ipc://, inproc://) when no CURVE keys are set: "
+               "anyone who reaches it can read and reset state. Set security.server_key and "
+               "security.authorized_keys (docs/security.md), or control.allow_insecure_remote"
+               " = true to accept that risk", self.control.endpoint)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+T = TypeVar("T")
+
+
+def load_runner_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                       labels: dict[str, str] | None = None) -> RunnerConfig:
+    """Load ``path`` (or the defaults when None), apply ``section.field=value`` overrides."""
+    return load_config(RunnerConfig, path, overrides, labels)
+
+
+def load_config(cls: type[T], path: str | Path | None = None,
+                overrides: list[str] | None = None, labels: dict[str, str] | None = None) -> T:
+    """Build config dataclass ``cls`` from a TOML file (or defaults) plus overrides.
+
+    Errors name where the bad value came from: the file, or the override as the
+    user typed it (``--set state.max_streams=0``; ``labels`` maps a key to the
+    command-line option that set it, such as ``{"input.endpoint": "--input"}``).
+    """
+    data: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    if path is not None:
+        data = read_toml(path)
+        origins = {key: str(path) for key in _dotted_keys(data)}
+    for item in overrides or []:
+        key = apply_override(data, item)
+        origins[key] = (labels or {}).get(key, f"--set {item.strip()}")
+    return from_dict(cls, data, "" if path is None else str(path), origins=origins)
+
+
+def _dotted_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            keys.extend(_dotted_keys(value, f"{prefix}{key}."))
+        keys.append(prefix + key)
+    return keys
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file, turning I/O and syntax errors into ConfigError."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {str(path)!r} does not exist.") from None
+    except OSError as err:
+        raise ConfigError(f"Could not read config file {str(path)!r}: {err}.") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"Config file {str(path)!r} is not valid TOML: {err}.") from err
+
+
+def apply_override(data: dict[str, Any], item: str) -> str:
+    """Apply one ``a.b=value`` override to nested ``data`` in place; returns ``a.b``."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"Override {item!r} is not of the form section.field=value.")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word: take it as a string
+    *parents, leaf = key.strip().split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item.strip()}: {part!r} is a value, not a section.")
+        node = child
+    node[leaf] = value
+    return key.strip()
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str, prefix: str = "", *,
+              origins: dict[str, str] | None = None) -> T:
+    """Build dataclass ``cls`` from ``data``, refusing unknown keys and wrong types.
+
+    ``origins`` maps dotted keys to where they were set (a file, ``--set ...``);
+    an error about a key names its origin, else ``where``.
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    origins = origins or {}
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            full = prefix + key
+            known = [prefix + k for k in fields]
+            close = difflib.get_close_matches(full, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else "."
+            raise ConfigError(_at(_origin(origins, full, where),
+                                  f"unknown option {full!r}{hint} Known options: "
+                                  f"{', '.join(known)}."))
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        hint = hints[name]
+        full = prefix + name
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(_at(_origin(origins, full, where),
+                                      f"{full!r} must be a table ([{full}]), got {value!r}."))
+            kwargs[name] = from_dict(hint, value, where, prefix=full + ".",  # type: ignore[arg-type]
+                                     origins=origins)
+        else:
+            kwargs[name] = _coerce(full, hint, value, _origin(origins, full, where))
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        if err.located:
+            raise
+        raise ConfigError(_at(_origin(origins, err.field, where), str(err)),
+                          located=True) from None
+
+
+def _origin(origins: dict[str, str], key: str, default: str) -> str:
+    """Where ``key`` (or, for a section, any key inside it) was set."""
+    if key in origins:
+        return origins[key]
+    inside = [origin for k, origin in origins.items() if k.startswith(key + ".")]
+    return inside[-1] if inside and key else default
+
+
+def _at(where: str, message: str) -> str:
+    return f"{where}: {message}" if where else message
+
+
+def _coerce(name: str, hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if isinstance(value, str):  # "a,b" from the command line
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(_at(where, f"{name!r} must be a list, got {value!r}."),
+                              located=True)
+        return [_coerce(f"{name}[{i}]", item_type, v, where) for i, v in enumerate(value)]
+    if origin is dict:
+        key_type, value_type = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(_at(where, f"{name!r} must be a table such as {{h0 = \"hn\"}}, "
+                                  f"got {value!r}."), located=True)
+        return {_coerce(f"{name} key", key_type, k, where):
+                _coerce(f"{name}.{k}", value_type, v, where) for k, v in value.items()}
+    if origin in (types.UnionType, typing.Union):
+        raise TypeError(f"unions are not supported in configs ({name})")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(_at(where, f"{name!r} must be true or false, got {value!r}."),
+                              located=True)
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(_at(where, f"{name!r} must be an integer, got {value!r}."),
+                              located=True)
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(_at(where, f"{name!r} must be a number, got {value!r}."),
+                              located=True)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(_at(where, f"{name!r} must be a string, got {value!r}."),
+                              located=True)
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {name}")
+
+
+def _check(ok: bool, name: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{name!r} must be {rule}; got {value!r}.", field=name)
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether a ZeroMQ endpoint can only be reached from this machine."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    host = endpoint.removeprefix("tcp://").rpartition(":")[0]
+    host = host.rpartition(";")[2]  # "tcp://src;dst:port" connects from src to dst
+    return host.startswith("127.") or host in _LOOPBACK_HOSTS
+
+
+def _check_endpoint(name: str, value: str) -> None:
+    _check(isinstance(value, str) and value.startswith(_ENDPOINT_SCHEMES), name,
+           "a ZeroMQ endpoint such as tcp://127.0.0.1:5555 or ipc:///tmp/x", value)

@@ -1,0 +1,248 @@
+"""One message through decode -> admit -> step -> commit: shared by serve and eval.
+
+:class:`StreamStepper` is the logic of the hot path without sockets or clocks:
+the runner calls it with the receive time of each message, and the offline
+evaluator with each message's log time, so the live and offline paths cannot
+drift apart.
+
+:meth:`StreamStepper.step_many` steps several waiting messages with as few
+backend calls as ordering allows: messages of distinct streams share one call;
+a second message of a stream already in the batch first closes the batch, so a
+stream's messages are stepped one after the other, in order, each from the
+state the previous one committed. The results are the same, message for
+message, as :meth:`StreamStepper.step` one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lstm_stream.core.backends import StepBackend
+from lstm_stream.core.contract import ModelContract
+from lstm_stream.core.protocol import (
+    BAD_OUTPUT,
+    STEP_FAILED,
+    WRONG_SHARD,
+    Rejection,
+    SensorDecoder,
+    SensorMessage,
+)
+from lstm_stream.core.shard import Shard, shard_of
+from lstm_stream.core.state import Admission, StateStore
+
+
+@dataclass(slots=True)
+class Stepped:
+    """A message that was stepped: what goes into its output."""
+
+    msg: SensorMessage
+    y: np.ndarray  # (1, outputs + extra outputs) float32: see StreamStepper.values
+    step: int  # steps since the stream's last reset
+    reset: str | None  # why the state was reset before this step
+    gap: int  # seq missed just before this one
+
+
+Result = Stepped | Rejection
+Emit = Callable[[Result, int], None]  # (result, the message's receive time)
+
+
+class StreamStepper:
+    """Decodes, validates and steps messages, keeping every stream's state."""
+
+    def __init__(self, contract: ModelContract, backend: StepBackend, *,
+                 max_streams: int = 1024, idle_timeout_s: float = 5.0, max_gap: int = 0,
+                 max_message_bytes: int = 65536, shard: Shard | None = None) -> None:
+        self.contract = contract
+        self.backend = backend
+        self.store = StateStore(contract.states, max_streams=max_streams,
+                                idle_timeout_s=idle_timeout_s, max_gap=max_gap)
+        self.decoder = SensorDecoder(contract.n_features, contract.feature_names,
+                                     max_message_bytes)
+        self.calls = 0  # backend calls, batched or not
+        self.shard = shard  # serve only these streams; None: all
+        self._finite = backend.finite
+        # a model exported with a fixed batch of one is stepped one message per call
+        self.max_batch = 1 if contract.fixed_batch == 1 else 1 << 30
+        self._outputs = contract.n_outputs
+        self._extras: list[tuple[str, slice]] = []  # columns of y after the policy output
+        start = contract.n_outputs
+        for extra in contract.extras:
+            self._extras.append((extra.name, slice(start, start + extra.width)))
+            start += extra.width
+
+    def values(self, result: Stepped) -> tuple[list[float], dict[str, list[float]] | None]:
+        """The output's ``y`` and, for a model with extra outputs, ``extra`` by name."""
+        row = result.y[0]
+        if not self._extras:
+            return row.tolist(), None
+        return (row[:self._outputs].tolist(),
+                {name: row[where].tolist() for name, where in self._extras})
+
+    def step(self, frames: list[bytes], now_ns: int) -> Stepped | Rejection:
+        """Step one ``[topic, payload]`` message received at ``now_ns`` (monotonic or log time).
+
+        A rejection changes no state: not the stream's arrays, not its seq.
+        """
+        msg = self.decoder.decode(frames)
+        if type(msg) is Rejection:
+            return msg
+        assert not isinstance(msg, Rejection)  # for mypy; free at run time
+        if self.shard is not None and not self.shard.owns(msg.stream):
+            return self._wrong_shard(msg)
+        admission = self.store.admit(msg, now_ns)
+        if type(admission) is Rejection:
+            return admission
+        assert not isinstance(admission, Rejection)
+        return self._step_one(msg, admission, now_ns)
+
+    def _wrong_shard(self, msg: SensorMessage) -> Rejection:
+        assert self.shard is not None
+        return Rejection(WRONG_SHARD, f"stream {msg.stream[:256]!r} belongs to shard "
+                         f"{shard_of(msg.stream, self.shard.count)} of {self.shard.count}, this "
+                         f"runner serves shard {self.shard}; publish it on "
+                         f"shard.topic_for(base, stream, {self.shard.count})",
+                         msg.topic, msg.stream, msg.seq)
+
+    def _step_one(self, msg: SensorMessage, admission: Admission, now_ns: int) -> Result:
+        self.calls += 1
+        try:
+            y, new_states = self.backend.step_one(msg.x, admission.states)
+        except Exception as err:  # a backend failure must not kill the caller
+            return _failed(msg, err)
+        if not self._finite(y, new_states):  # never published, never committed
+            return self._bad_output(msg, y, new_states, 0)
+        stream = self.store.commit(admission, msg, new_states, now_ns)
+        return Stepped(msg, y, stream.step, admission.reset, admission.gap)
+
+    def _bad_output(self, msg: SensorMessage, y: np.ndarray, new_states: Sequence[np.ndarray],
+                    row: int) -> Rejection:
+        """The rejection of a step whose row ``row`` of the outputs holds NaN or Inf."""
+        bad = []
+        if not np.isfinite(y[row]).all():
+            bad.append(f"output y (first at index {int(np.flatnonzero(~np.isfinite(y[row]))[0])})")
+        for spec, new in zip(self.contract.states, new_states, strict=True):
+            if not np.isfinite(new[:, row]).all():
+                bad.append(f"new state {spec.output!r}")
+        return Rejection(BAD_OUTPUT, f"the model returned NaN or Inf in {' and '.join(bad)}; "
+                         "nothing was published and the stream's state is as it was before "
+                         "this message. Check the model (lstm-stream info) and this input.",
+                         msg.topic, msg.stream, msg.seq)
+
+    def step_many(self, items: Sequence[tuple[list[bytes], int]], emit: Emit, *,
+                  max_batch: int = 64) -> None:
+        """Step ``(frames, receive time)`` items, calling ``emit`` for each result
+        in the order of ``items``, as soon as the batch holding it is stepped."""
+        batch = _Batch(self, emit)
+        limit = min(max_batch, self.store.max_streams, self.max_batch)
+        decode, admit = self.decoder.decode, self.store.admit
+        for frames, now_ns in items:
+            msg = decode(frames)
+            if type(msg) is Rejection:
+                batch.hold(msg, now_ns)
+                continue
+            assert not isinstance(msg, Rejection)  # for mypy; free at run time
+            if self.shard is not None and not self.shard.owns(msg.stream):
+                batch.hold(self._wrong_shard(msg), now_ns)
+                continue
+            if msg.stream in batch.names:
+                batch.flush()  # its previous message must be committed first
+            admission = admit(msg, now_ns)
+            if type(admission) is Rejection:
+                batch.hold(admission, now_ns)
+                continue
+            assert not isinstance(admission, Rejection)
+            batch.add(msg, admission, now_ns)
+            # A new stream evicts the least recently used one when the store is full:
+            # close the batch after it, so no stream of the batch is evicted before it
+            # is committed (the batch's own streams are the most recently used).
+            if len(batch.rows) >= limit or (admission.stream is None
+                                             and batch.created > self.store.room):
+                batch.flush()
+        batch.flush()
+
+
+class _Batch:
+    """Messages of distinct streams waiting for one backend call, with the
+    rejections between them, emitted in arrival order when the batch is flushed."""
+
+    def __init__(self, stepper: StreamStepper, emit: Emit) -> None:
+        self.stepper = stepper
+        self.emit = emit
+        self.entries: list[tuple[Result | None, int]] = []  # None: a row to step
+        self.rows: list[tuple[SensorMessage, Admission, int]] = []
+        self.names: set[str] = set()
+        self.created = 0  # rows that create a stream
+
+    def hold(self, rejection: Rejection, now_ns: int) -> None:
+        if self.entries:
+            self.entries.append((rejection, now_ns))
+        else:  # nothing before it is waiting: no reason to hold it
+            self.emit(rejection, now_ns)
+
+    def add(self, msg: SensorMessage, admission: Admission, now_ns: int) -> None:
+        self.entries.append((None, now_ns))
+        self.rows.append((msg, admission, now_ns))
+        self.names.add(msg.stream)
+        self.created += admission.stream is None
+
+    def flush(self) -> None:
+        if not self.entries:
+            return
+        results = iter(self._step_rows())
+        emit = self.emit
+        for held, now_ns in self.entries:
+            emit(next(results) if held is None else held, now_ns)
+        self.entries.clear()
+        self.rows.clear()
+        self.names.clear()
+        self.created = 0
+
+    def _step_rows(self) -> list[Result]:
+        rows, stepper = self.rows, self.stepper
+        if len(rows) == 1:
+            msg, admission, now_ns = rows[0]
+            return [stepper._step_one(msg, admission, now_ns)]
+        msgs = [row[0] for row in rows]
+        admissions = [row[1] for row in rows]
+        store = stepper.store
+        stepper.calls += 1
+        try:
+            y, new_states = stepper.backend.step(
+                np.concatenate([m.x for m in msgs]), store.gather(admissions))
+        except Exception:
+            # Step them one by one, so that whatever failed takes down only itself.
+            return [stepper._step_one(*row) for row in rows]
+        if not stepper._finite(y, new_states):
+            return self._commit_finite_rows(y, new_states)
+        streams = store.commit_many(admissions, msgs, new_states, [row[2] for row in rows])
+        return [Stepped(m, y[i:i + 1], s.step, a.reset, a.gap)
+                for i, (m, a, s) in enumerate(zip(msgs, admissions, streams, strict=True))]
+
+    def _commit_finite_rows(self, y: np.ndarray, new_states: Sequence[np.ndarray]
+                            ) -> list[Result]:
+        """Commit the rows whose outputs are all finite; reject the others (bad_output)."""
+        rows, stepper = self.rows, self.stepper
+        ok = np.isfinite(y).all(axis=1)
+        for new in new_states:  # (layers, batch, hidden)
+            ok &= np.isfinite(new).all(axis=(0, 2))
+        keep = np.flatnonzero(ok)
+        kept = [rows[i] for i in keep]
+        streams = iter(stepper.store.commit_many(
+            [r[1] for r in kept], [r[0] for r in kept], [new[:, keep] for new in new_states],
+            [r[2] for r in kept]))
+        out: list[Result] = []
+        for i, (msg, admission, _) in enumerate(rows):
+            if ok[i]:
+                out.append(Stepped(msg, y[i:i + 1], next(streams).step, admission.reset,
+                                   admission.gap))
+            else:
+                out.append(stepper._bad_output(msg, y, new_states, i))
+        return out
+
+
+def _failed(msg: SensorMessage, err: Exception) -> Rejection:
+    return Rejection(STEP_FAILED, f"the backend failed: {err}"[:300], msg.topic, msg.stream,
+                     msg.seq)

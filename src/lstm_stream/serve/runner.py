@@ -1,0 +1,553 @@
+"""The serve loop: sockets, polling, control requests and counters; no maths.
+
+The path of one sensor message (the hot path) is :meth:`Runner.handle`:
+decode and validate -> admit against the stream's state -> one backend step ->
+commit the new state -> encode and publish. Nothing on it logs, reads config or
+allocates state arrays. When more messages are already queued behind the first,
+:meth:`Runner.handle_batch` steps those of distinct streams in one backend call
+(``[batching]``; stepper.py keeps every stream's messages in order). Everything
+else (control requests, subscription tracking, idle expiry, state snapshots)
+runs between messages.
+
+Reliability and security live around that path, never on it: the model's
+SHA-256 is checked against ``model.sha256`` before anything is loaded into
+onnxruntime, state is restored from ``state.snapshot_path`` at start and
+snapshotted periodically and on SIGTERM/SIGINT (snapshot.py), and with
+``security.server_key`` the control socket (and, with ``security.secure_data``,
+the data sockets) accept only CURVE clients on the allow-list (security/).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, cast
+
+import msgpack
+import numpy as np
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from lstm_stream import __version__
+from lstm_stream.core.backends import StepBackend, create_backend
+from lstm_stream.core.config import RunnerConfig
+from lstm_stream.core.contract import ModelContract, load_contract
+from lstm_stream.core.errors import ModelIntegrityError, SnapshotError
+from lstm_stream.core.protocol import (
+    PROTOCOL_VERSION,
+    ControlRequest,
+    Rejection,
+    decode_control_request,
+    encode_output,
+)
+from lstm_stream.core.shard import Shard, shard_topic
+from lstm_stream.core.snapshot import (
+    RestoreResult,
+    SnapshotWriter,
+    check_snapshot_path,
+    encode_snapshot,
+    restore,
+)
+from lstm_stream.core.stepper import Stepped, StreamStepper
+from lstm_stream.serve.security.curve import ServerKeys, load_server_keys
+
+log = logging.getLogger(__name__)
+
+LATENCY_WINDOW = 4096  # latencies kept for the status percentiles
+HOUSEKEEPING_S = 0.1  # idle expiry and signal checks at least this often
+MAX_BURST = 256  # messages handled before control requests get a turn
+MAX_CONTROL_BYTES = 65536  # a larger control request is answered with an error
+# ZMQ_MAXMSGSIZE of the control socket: above this a peer is disconnected by ZeroMQ
+# (no reply is possible), so that no client can make the runner buffer without bound
+CONTROL_HARD_LIMIT_BYTES = 1 << 20
+# libzmq does not reconnect a connecting socket after a protocol error, such as a
+# message above ZMQ_MAXMSGSIZE: when a disconnect is not followed by a reconnect
+# attempt within this time, the runner connects again itself.
+RECONNECT_CHECK_NS = 250_000_000
+
+
+@dataclass
+class Counters:
+    """What the runner has done since it started; reported by ``status``."""
+
+    received: int = 0
+    stepped: int = 0
+    published: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    resets: Counter[str] = field(default_factory=Counter)
+    control_requests: int = 0
+    control_errors: int = 0
+    input_reconnects: int = 0  # input connections dropped by ZeroMQ and made again
+
+
+class Runner:
+    """One model, one input SUB, one output XPUB, one control ROUTER."""
+
+    def __init__(self, config: RunnerConfig, *, context: zmq.Context[Any] | None = None,
+                 contract: ModelContract | None = None,
+                 backend: StepBackend | None = None) -> None:
+        self.config = config
+        self.contract = contract or load_contract(config.model.path,
+                                                  config.model.io.declared())
+        check_model_pin(self.contract, config.model.sha256)
+        self.backend = backend or create_backend(config.model.backend, self.contract,
+                                                 threads=config.model.threads)
+        sharding = config.sharding
+        self.shard = Shard(sharding.index, sharding.count) if sharding.count > 1 else None
+        self.stepper = StreamStepper(self.contract, self.backend,
+                                     max_streams=config.state.max_streams,
+                                     idle_timeout_s=config.state.idle_timeout_s,
+                                     max_gap=config.state.max_gap,
+                                     max_message_bytes=config.input.max_message_bytes,
+                                     shard=self.shard)
+        self.store = self.stepper.store
+        self._values = self.stepper.values
+        self._max_batch = min(config.batching.max_batch, self.stepper.max_batch)
+        if self.contract.fixed_batch == 1 and config.batching.max_batch > 1:
+            log.info("model: exported with a fixed batch of 1, so messages are stepped one "
+                     "per call (batching.max_batch %d not used)", config.batching.max_batch)
+        self.counters = Counters()
+        self.subscriptions: Counter[str] = Counter()
+        self._latencies = np.zeros(LATENCY_WINDOW, np.int64)
+        self._max_wait_ns = config.batching.max_wait_us * 1000
+        self._packer = msgpack.Packer(use_bin_type=True)
+        self._out_topic = config.output.topic.encode()
+        self._diag_topic = config.output.diagnostics_topic.encode()
+        self._stop = threading.Event()
+        self._started = time.monotonic()
+        self._control_resets = 0
+        self.restored = RestoreResult()
+        self.snapshots: SnapshotWriter | None = None
+        self._snapshot_mark: tuple[int, ...] | None = None
+        if config.state.snapshot_path:
+            check_snapshot_path(config.state.snapshot_path)  # before anything is overwritten
+            self.restored = restore(self.store, config.state.snapshot_path,
+                                    self.contract.sha256)
+            log.log(self.restored.level, "state: %s", self.restored.note)
+            self.snapshots = SnapshotWriter(config.state.snapshot_path)
+            self._snapshot_mark = self._change_mark()
+        self.keys: ServerKeys | None = None
+        if config.security.enabled:
+            self.keys = load_server_keys(config.security.server_key,
+                                         config.security.authorized_keys)
+        self._own_context = context is None
+        self.context = context or zmq.Context()
+        self._auth = None
+        if self.keys is not None:
+            self._auth = self.keys.start_authenticator(self.context)
+            log.info("CURVE: control%s accept %d allow-listed client keys from %s",
+                     " and data sockets" if config.security.secure_data else " socket",
+                     self.keys.authorized, self.keys.authorized_dir)
+        self._open_sockets()
+
+    # -- sockets -------------------------------------------------------------
+
+    def _open_sockets(self) -> None:
+        cfg = self.config
+        self.sub = self.context.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.RCVHWM, cfg.input.rcvhwm)
+        self.sub.setsockopt(zmq.MAXMSGSIZE, cfg.input.zmq_max_message_bytes)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        for topic in self.input_topics():
+            self.sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        self.pub = self.context.socket(zmq.XPUB)
+        self.pub.setsockopt(zmq.SNDHWM, cfg.output.sndhwm)
+        self.pub.setsockopt(zmq.XPUB_VERBOSER, 1)  # see every (un)subscription
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.control = self.context.socket(zmq.ROUTER)
+        self.control.setsockopt(zmq.LINGER, 0)
+        self.control.setsockopt(zmq.MAXMSGSIZE, CONTROL_HARD_LIMIT_BYTES)
+        if self.keys is not None:
+            self.keys.secure(self.control)
+            if cfg.security.secure_data:
+                self.keys.secure(self.sub)
+                self.keys.secure(self.pub)
+        self.monitor: zmq.Socket[Any] | None = None
+        self._reconnect_due: int | None = None
+        if not cfg.input.bind:
+            self.monitor = self.sub.get_monitor_socket(
+                zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED)
+        self._receive = frame_receiver(self.sub)
+        self._send = self.pub.send
+        try:
+            _attach(self.sub, cfg.input.endpoint, cfg.input.bind, "input")
+            _attach(self.pub, cfg.output.endpoint, cfg.output.bind, "output")
+            _attach(self.control, cfg.control.endpoint, cfg.control.bind, "control")
+        except Exception:
+            self.close()
+            raise
+
+    def input_topics(self) -> list[str]:
+        """What the input socket subscribes to: the topics, or their shard's topics."""
+        topics = self.config.input.topics
+        if self.shard is None:
+            return list(topics)
+        return [shard_topic(t, self.shard.index, self.shard.count) for t in topics]
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            self.sub.disable_monitor()
+            self.monitor.close(linger=0)
+            self.monitor = None
+        for sock in (self.sub, self.pub, self.control):
+            sock.close(linger=0)
+        if self.snapshots is not None:
+            self.snapshots.close()
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._own_context:
+            self.context.term()
+
+    # -- the loop ------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to return (thread-safe; also what SIGINT/SIGTERM do)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Serve until :meth:`stop` or SIGINT/SIGTERM."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._on_signal)
+        poller = zmq.Poller()
+        poller.register(self.sub, zmq.POLLIN)
+        poller.register(self.control, zmq.POLLIN)
+        timeout_ms = int(HOUSEKEEPING_S * 1000)
+        next_housekeeping = time.monotonic_ns()
+        # Busy polling: after a message, keep polling without sleeping for this long.
+        # A core that never sleeps keeps its caches and clock warm, which more than
+        # halves the step time of a small model (docs/benchmarks.md), at the cost
+        # of that core.
+        busy_ns = self.config.input.busy_poll_us * 1000
+        spin_until = 0
+        snapshot_every_ns = int(self.config.state.snapshot_interval_s * 1e9)
+        next_snapshot = time.monotonic_ns() + snapshot_every_ns
+        log.info("ready: input %s (topics %s), output %s, control %s, model %s (%s)",
+                 self.config.input.endpoint, ",".join(self.input_topics()),
+                 self.config.output.endpoint, self.config.control.endpoint,
+                 self.contract.path, self.backend.name)
+        while not self._stop.is_set():
+            spinning = busy_ns and time.monotonic_ns() < spin_until
+            events = dict(poller.poll(0 if spinning else timeout_ms))
+            if self.sub in events:
+                self._drain_input()
+                if busy_ns:
+                    spin_until = time.monotonic_ns() + busy_ns
+            if self.control in events:
+                self._serve_control()
+            now = time.monotonic_ns()
+            if self._reconnect_due is not None and now >= self._reconnect_due:
+                self._reconnect_input()
+            if now >= next_housekeeping:
+                # The input monitor and the output's (un)subscriptions are read here,
+                # not polled with the input: every socket in the poll set costs every
+                # message a little, on its way in.
+                if self.monitor is not None:
+                    self._read_input_events()
+                self._read_subscriptions()
+                self._housekeeping(now)
+                next_housekeeping = now + int(HOUSEKEEPING_S * 1e9)
+            if self.snapshots is not None and now >= next_snapshot:
+                self.snapshot()
+                next_snapshot = now + snapshot_every_ns
+        final_error = self._final_snapshot()
+        log.info("stopping: %d received, %d stepped, %d rejected",
+                 self.counters.received, self.counters.stepped,
+                 sum(self.counters.rejected.values()))
+        if final_error is not None:
+            raise SnapshotError(f"The final snapshot was not written: {final_error} The state "
+                                f"of {len(self.store)} streams was not saved, so a restart "
+                                "starts them from zeros.")
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stop.set()
+
+    def _drain_input(self) -> None:
+        # The first message of a drain is stepped at once, alone: at control-loop rates
+        # nothing is queued behind it, and asking would cost it a microsecond. What is
+        # found queued after it is a backlog, stepped in batches of distinct streams
+        # (the first one too when batching.max_wait_us asks to wait for company).
+        receive, clock = self._receive, time.monotonic_ns
+        max_batch = self._max_batch
+        batching, wait_first = max_batch > 1, max_batch > 1 and self._max_wait_ns > 0
+        handled = 0
+        while handled < MAX_BURST:
+            try:
+                frames = receive()
+            except zmq.Again:
+                return
+            items = [(frames, clock())]
+            if batching and (handled or wait_first):
+                self._take_queued(items, max_batch)
+            if len(items) == 1:
+                self.handle(frames, items[0][1])
+            else:
+                self.handle_batch(items)
+            handled += len(items)
+
+    def _take_queued(self, items: list[tuple[list[bytes], int]], max_batch: int) -> None:
+        """Add the messages already queued (waiting up to ``max_wait_us`` for more)."""
+        receive, clock = self._receive, time.monotonic_ns
+        deadline = items[0][1] + self._max_wait_ns
+        while len(items) < max_batch:
+            try:
+                items.append((receive(), clock()))
+            except zmq.Again:
+                left_ns = deadline - clock()
+                if left_ns <= 0:
+                    return
+                if left_ns >= 1_000_000:  # poll() counts in whole milliseconds;
+                    self.sub.poll(left_ns // 1_000_000, zmq.POLLIN)  # below that, spin
+
+    # -- the hot path --------------------------------------------------------
+
+    def handle(self, frames: list[bytes], t_recv_ns: int) -> None:
+        """Step one message received at ``t_recv_ns`` (monotonic clock) and publish
+        its output, or its rejection on the diagnostics topic."""
+        self.counters.received += 1
+        self._publish_result(self.stepper.step(frames, t_recv_ns), t_recv_ns)
+
+    def handle_batch(self, items: list[tuple[list[bytes], int]]) -> None:
+        """Step several queued messages, those of distinct streams in one backend call,
+        and publish each output (or rejection) in arrival order."""
+        self.counters.received += len(items)
+        self.stepper.step_many(items, self._publish_result, max_batch=self._max_batch)
+
+    def _publish_result(self, result: Stepped | Rejection, t_recv_ns: int) -> None:
+        if type(result) is Rejection:
+            self._reject(result)
+            return
+        assert not isinstance(result, Rejection)  # for mypy; free at run time
+        counters = self.counters
+        if result.reset is not None:
+            counters.resets[result.reset] += 1
+        counters.stepped += 1
+        latency = time.monotonic_ns() - t_recv_ns
+        y, extra = self._values(result)
+        payload = encode_output(self._packer, result.msg, y, result.step, result.reset,
+                                result.gap, latency, extra)
+        send = self._send  # two sends: a third of send_multipart's cost in pyzmq
+        send(self._out_topic, zmq.SNDMORE)
+        send(payload)
+        counters.published += 1
+        self._latencies[counters.stepped % LATENCY_WINDOW] = latency
+
+    def _reject(self, rejection: Rejection) -> None:
+        self.counters.rejected[rejection.reason] += 1
+        self._publish_diagnostic(rejection.to_wire())
+
+    def _publish_diagnostic(self, event: dict[str, Any]) -> None:
+        self.pub.send_multipart((self._diag_topic, self._packer.pack(event)))
+
+    # -- between messages ----------------------------------------------------
+
+    def _housekeeping(self, now_ns: int) -> None:
+        for stream in self.store.expire(now_ns):
+            self._publish_diagnostic({
+                "event": "stream_expired", "stream": stream.name, "last_seq": stream.last_seq,
+                "idle_s": round((now_ns - stream.last_seen_ns) / 1e9, 3)})
+
+    def _change_mark(self) -> tuple[int, ...]:
+        """Changes whenever the state store may have changed (cheap; between messages)."""
+        return (self.counters.stepped, self.store.expired, self.store.evicted,
+                self._control_resets, len(self.store))
+
+    def snapshot(self) -> bool:
+        """Hand a snapshot of every stream's state to the background writer; returns
+        whether one was taken (not when nothing changed: the file on disk is exact)."""
+        if self.snapshots is None:
+            return False
+        mark = self._change_mark()
+        if mark == self._snapshot_mark:
+            return False
+        self.snapshots.submit(encode_snapshot(self.store, self.contract.sha256,
+                                              time.monotonic_ns()))
+        self._snapshot_mark = mark
+        return True
+
+    def _final_snapshot(self) -> SnapshotError | None:
+        """Write the snapshot at stop, before returning; the error when it failed."""
+        if self.snapshots is None:
+            return None
+        body = encode_snapshot(self.store, self.contract.sha256, time.monotonic_ns())
+        try:
+            self.snapshots.write_now(body)
+        except SnapshotError as err:
+            return err
+        log.info("state: snapshot of %d streams written to %s", len(self.store),
+                 self.snapshots.path)
+        return None
+
+    def _read_input_events(self) -> None:
+        assert self.monitor is not None
+        while cast(int, self.monitor.get(zmq.EVENTS)) & zmq.POLLIN:
+            event = recv_monitor_message(self.monitor)["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                self._reconnect_due = time.monotonic_ns() + RECONNECT_CHECK_NS
+            else:  # libzmq is reconnecting (or has) by itself
+                self._reconnect_due = None
+
+    def _reconnect_input(self) -> None:
+        self._reconnect_due = None
+        self.counters.input_reconnects += 1
+        log.warning("input: ZeroMQ dropped the connection to %s and will not reconnect (a "
+                    "message larger than input.zmq_max_message_bytes?); connecting again",
+                    self.config.input.endpoint)
+        # A plain connect to an endpoint already known is ignored: forget it first
+        # (its session is gone, nothing queued is lost), then connect afresh.
+        with contextlib.suppress(zmq.ZMQError):
+            self.sub.disconnect(self.config.input.endpoint)
+        self.sub.connect(self.config.input.endpoint)
+
+    def _read_subscriptions(self) -> None:
+        while cast(int, self.pub.get(zmq.EVENTS)) & zmq.POLLIN:
+            frame = self.pub.recv()
+            if frame:
+                topic = frame[1:].decode(errors="replace")
+                self.subscriptions[topic] += 1 if frame[0] == 1 else -1
+                if self.subscriptions[topic] <= 0:
+                    del self.subscriptions[topic]
+
+    def _serve_control(self) -> None:
+        while cast(int, self.control.get(zmq.EVENTS)) & zmq.POLLIN:
+            frames = self.control.recv_multipart()
+            self.counters.control_requests += 1
+            # REQ clients send [identity, b"", request]; DEALER clients [identity, request].
+            envelope, request = frames[:-1], frames[-1]
+            if len(frames) < 2:
+                envelope, request = frames, b""
+            reply = self.control_reply(request)
+            if not reply.get("ok"):
+                self.counters.control_errors += 1
+            self.control.send_multipart([*envelope, self._packer.pack(reply)])
+
+    def control_reply(self, request: bytes) -> dict[str, Any]:
+        """Answer one control request; unknown, malformed or oversized ones get an error
+        reply."""
+        if len(request) > MAX_CONTROL_BYTES:
+            return _error(f"request is {len(request)} bytes, more than the control limit of "
+                          f"{MAX_CONTROL_BYTES} bytes; requests are small maps such as "
+                          '{"cmd": "status"}')
+        parsed = decode_control_request(request)
+        if not isinstance(parsed, ControlRequest):
+            return _error(parsed)
+        if parsed.cmd == "status":
+            return self.status()
+        if parsed.cmd == "streams":
+            return self._streams_reply()
+        return self._reset_reply(parsed.stream)
+
+    def _reset_reply(self, stream: str | None) -> dict[str, Any]:
+        count = self.store.request_reset(stream)
+        if stream is not None and count == 0:
+            return _error(f"unknown stream {stream[:256]!r}; nothing was reset")
+        self._control_resets += 1
+        return {"ok": True, "reset": count}
+
+    def _streams_reply(self) -> dict[str, Any]:
+        now = time.monotonic_ns()
+        return {"ok": True, "streams": [
+            {"stream": s.name, "last_seq": s.last_seq, "last_stamp_ns": s.last_stamp_ns,
+             "step": s.step, "idle_s": round((now - s.last_seen_ns) / 1e9, 3)}
+            for s in self.store.streams()]}
+
+    def status(self) -> dict[str, Any]:
+        """Counters and latency percentiles, as the ``status`` request returns them."""
+        self._read_subscriptions()  # fresh, not as of the last housekeeping
+        c = self.counters
+        n = min(c.stepped, LATENCY_WINDOW)
+        latency: dict[str, Any] = {"window": n}
+        if n:
+            window = self._latencies if n == LATENCY_WINDOW else self._latencies[1:n + 1]
+            for q in (50, 90, 99):
+                latency[f"p{q}"] = int(np.percentile(window, q))
+            latency["max"] = int(window.max())
+        return {
+            "ok": True, "version": __version__, "protocol": PROTOCOL_VERSION,
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "model": {"path": str(self.contract.path), "sha256": self.contract.sha256,
+                      "backend": self.backend.name, "features": self.contract.n_features,
+                      "outputs": self.contract.n_outputs,
+                      "extras": [e.name for e in self.contract.extras],
+                      "dtype": self.contract.dtype, "fixed_batch": self.contract.fixed_batch},
+            "received": c.received, "stepped": c.stepped, "published": c.published,
+            "batches": self.stepper.calls,  # backend calls; stepped / batches = mean batch
+            "topics": self.input_topics(), "shard": None if self.shard is None else str(self.shard),
+            "rejected": dict(c.rejected), "resets": dict(c.resets),
+            "streams": len(self.store), "max_streams": self.store.max_streams,
+            "evicted": self.store.evicted, "expired": self.store.expired,
+            "control_requests": c.control_requests, "control_errors": c.control_errors,
+            "input_reconnects": c.input_reconnects,
+            "subscriptions": dict(self.subscriptions),
+            "latency_ns": latency,
+            "snapshot": self._snapshot_status(),
+            "curve": self.keys is not None,
+        }
+
+    def _snapshot_status(self) -> dict[str, Any] | None:
+        writer = self.snapshots
+        if writer is None:
+            return None
+        return {"path": str(writer.path), "restored": self.restored.restored,
+                "restore_note": self.restored.note, "written": writer.written,
+                "failed": writer.failed, "last_error": writer.last_error,
+                "last_write_ms": round(writer.last_write_s * 1e3, 3),
+                "interval_s": self.config.state.snapshot_interval_s}
+
+
+def frame_receiver(sock: zmq.Socket[Any]) -> Callable[[], list[bytes]]:
+    """A function returning the next whole multipart message as bytes, without waiting
+    (``zmq.Again`` when none is queued).
+
+    It reads each frame's ``more`` flag from the frame itself: pyzmq's
+    ``recv_multipart`` asks the socket (``RCVMORE``) after every frame, which
+    costs more than the receive.
+    """
+    recv = sock.recv
+
+    def receive() -> list[bytes]:
+        frame = recv(zmq.NOBLOCK, copy=False)
+        frames = [frame.bytes]
+        while frame.more:  # the rest of a message is queued with its first frame
+            frame = recv(copy=False)
+            frames.append(frame.bytes)
+        return frames
+
+    return receive
+
+
+def check_model_pin(contract: ModelContract, pinned: str) -> None:
+    """Refuse a model whose SHA-256 differs from ``model.sha256`` (when pinned)."""
+    if pinned and contract.sha256 != pinned:
+        raise ModelIntegrityError(
+            f"Model {str(contract.path)!r} has SHA-256 {contract.sha256}, but model.sha256 "
+            f"pins {pinned}. Refusing to serve a model that is not the one pinned: restore "
+            "the right file, or update the pin after checking the new model.")
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {"ok": False, "error": message}
+
+
+def _attach(sock: zmq.Socket[Any], endpoint: str, bind: bool, what: str) -> None:
+    from lstm_stream.core.errors import LstmStreamError
+
+    try:
+        if bind:
+            sock.bind(endpoint)
+        else:
+            sock.connect(endpoint)
+    except zmq.ZMQError as err:
+        verb = "bind" if bind else "connect"
+        raise LstmStreamError(
+            f"Could not {verb} the {what} socket to {endpoint!r}: {err}. "
+            + ("Is another process using that address? Pick another with "
+               f"--{what}." if bind else "Check the endpoint.")) from err
