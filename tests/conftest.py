@@ -1,8 +1,9 @@
-"""Shared fixtures: ONNX step models built by tools/make_model.py, written to real files."""
+"""Shared fixtures: ONNX step models built by tools/make_model.py, written to real files.
+
+Helpers that tests import live in the ``helpers`` package beside this file."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,9 @@ from typing import Any
 import pytest
 import zmq
 
+from helpers.tools import build_step_model
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "tools") not in sys.path:
-    sys.path.insert(0, str(REPO / "tools"))
 
 ModelFactory = Callable[..., Path]
 
@@ -28,8 +29,6 @@ def ctx() -> Iterator[zmq.Context[Any]]:
 @pytest.fixture
 def model_factory(tmp_path: Path) -> ModelFactory:
     """``model_factory(**build_step_model_kwargs) -> path`` of the model written to tmp_path."""
-    from make_model import build_step_model
-
     count = 0
 
     def make(name: str | None = None, **kwargs: Any) -> Path:

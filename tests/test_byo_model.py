@@ -25,12 +25,14 @@ from lstm_stream.core.errors import ModelContractError
 from lstm_stream.core.protocol import encode_sensor
 from lstm_stream.serve.client import control_request
 
-from support import REPO, VehicleStack, serve_process
+from helpers import tools
+from helpers.support import REPO, VehicleStack, serve_process
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")  # the dynamo exporter's own dependency
-import policies  # noqa: E402  (tools/, needs torch)
-from export_policy import export_dynamo, export_legacy  # noqa: E402
+policies = tools.policies()  # tools/policies.py, needs torch
+export_dynamo = tools.export_policy().export_dynamo
+export_legacy = tools.export_policy().export_legacy
 
 pytestmark = pytest.mark.torch
 POLICIES = str(REPO / "tools" / "policies.py")

@@ -24,7 +24,7 @@ from lstm_stream.demo import (
     write_drive,
 )
 
-from support import REPO, run_python
+from helpers.support import REPO, run_python
 
 MODEL = REPO / "models" / "lane_keep_lstm.onnx"
 PARITY = REPO / "models" / "lane_keep_lstm.parity.npz"

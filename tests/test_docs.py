@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from support import REPO, free_endpoint, serve_process
+from helpers.support import REPO, free_endpoint, serve_process
 
 MODEL = REPO / "models" / "random_lstm.onnx"
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import onnx
 import pytest
 
-from make_model import build_step_model, main
+from helpers.tools import build_step_model, make_model
+
+main = make_model.main
 
 REPO = Path(__file__).resolve().parents[1]
 

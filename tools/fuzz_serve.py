@@ -20,7 +20,7 @@ It checks, and reports:
 - every rejection is counted by reason, the runner's counters agree, and the
   reason is the expected one wherever the input determines it;
 - memory stays bounded: the runner's RSS before and after.
-Exit code 0 when all of that holds. ``tests/test_fuzz.py`` runs a short version.
+Exit code 0 when all of that holds. ``tests/serve/test_fuzz.py`` runs a short version.
 """
 
 from __future__ import annotations

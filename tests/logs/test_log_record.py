@@ -15,7 +15,6 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from logfixtures import write_drive
 from mcap.reader import make_reader
 
 from lstm_stream.cli.main import main
@@ -24,7 +23,8 @@ from lstm_stream.demo import free_endpoint
 from lstm_stream.logs.reader import LogReader
 from lstm_stream.logs.replay import ReplayConfig, Replayer
 
-from support import run_python
+from helpers.logs import write_drive
+from helpers.support import run_python
 
 
 def start_recorder(endpoint: str, out: Path, *extra: str) -> subprocess.Popen[bytes]:

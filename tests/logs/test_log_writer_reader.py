@@ -7,12 +7,13 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from logfixtures import T0, write_drive
 from mcap.reader import make_reader
 
 from lstm_stream.core.errors import LogError
 from lstm_stream.logs.reader import LogReader, read_log
 from lstm_stream.logs.writer import LogWriter
+
+from helpers.logs import T0, write_drive
 
 
 def test_round_trip_keeps_bytes_topics_times_and_order(tmp_path: Path) -> None:

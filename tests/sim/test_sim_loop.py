@@ -17,7 +17,7 @@ from lstm_stream.sim.env import LaneKeepingSim, SimConfig
 from lstm_stream.sim.loop import Mode, PolicyLink, closed_loop, run_episode
 from lstm_stream.sim.report import summarize, table, write_json, write_plot
 
-from support import REPO
+from helpers.support import REPO
 
 MODEL = REPO / "models" / "lane_keep_lstm.onnx"
 

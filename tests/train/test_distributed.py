@@ -13,7 +13,7 @@ import torch
 
 from lstm_stream.train.loop import load_checkpoint
 
-from support import REPO
+from helpers.support import REPO
 
 
 @pytest.mark.slow

@@ -80,7 +80,7 @@ def test_regression_export_with_added_input(tmp_path: Path, memory_npz: Path) ->
 
 def test_the_export_log_says_how_many_sequences_were_checked(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from conftest import write_class_npz
+    from helpers.data import write_class_npz
 
     npz = write_class_npz(tmp_path / "few.npz", sequences=24)  # test split: 2 sequences
     result, _ = trained(tmp_path, npz, "data.split=[0.8, 0.1, 0.1]", "model.hidden=4",

@@ -18,7 +18,7 @@ from lstm_stream.train.config import load_train_config
 from lstm_stream.train.data import load_dataset
 from lstm_stream.train.loop import load_checkpoint, model_from_checkpoint
 
-from support import REPO, VehicleStack, run_python, serve_process
+from helpers.support import REPO, VehicleStack, run_python, serve_process
 
 
 def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:

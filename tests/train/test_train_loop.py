@@ -153,7 +153,7 @@ def test_forecast_reports_naive_baseline(tmp_path: Path, monkeypatch: pytest.Mon
 def test_the_export_check_uses_the_number_of_sequences_asked_for(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, episodes: int, asked: int,
         kept: int, says: str) -> None:
-    from conftest import write_class_npz
+    from helpers.data import write_class_npz
 
     npz = write_class_npz(tmp_path / "few.npz", sequences=episodes)
     config = load_train_config(None, ["data.source='npz'", f"data.path='{npz}'",

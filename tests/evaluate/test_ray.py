@@ -25,15 +25,13 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "logs"))
-from logfixtures import write_drive
-
 from lstm_stream.cli.main import main
 from lstm_stream.core.errors import EvaluationError
 from lstm_stream.core.progress import Progress
 from lstm_stream.evaluate.run import EvalOptions, evaluate
 
-from support import REPO, run_python
+from helpers.logs import write_drive
+from helpers.support import REPO, run_python
 
 MODEL = str(REPO / "models" / "random_lstm.onnx")
 # find_spec, not importorskip: importing ray here would fix its settings before a test

@@ -23,7 +23,7 @@ from lstm_stream.core.contract import ModelContract, load_contract
 from lstm_stream.core.protocol import Rejection, encode_sensor
 from lstm_stream.core.stepper import Result, Stepped, StreamStepper
 
-from support import REPO, poisoned_model
+from helpers.support import REPO, poisoned_model
 
 MODEL = REPO / "models" / "random_lstm.onnx"
 SEC = 1_000_000_000

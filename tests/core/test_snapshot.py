@@ -35,7 +35,7 @@ from lstm_stream.core.snapshot import (
 from lstm_stream.core.state import Admission, StateStore
 from lstm_stream.serve.client import ControlError, control_request
 
-from support import REPO, Served, VehicleStack, free_endpoint, serve_process
+from helpers.support import REPO, Served, VehicleStack, free_endpoint, serve_process
 
 MODEL = REPO / "models" / "random_lstm.onnx"
 SPECS = (StateSpec("h", "h_out", 2, 3), StateSpec("c", "c_out", 2, 3))

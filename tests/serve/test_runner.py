@@ -21,7 +21,7 @@ from lstm_stream.core.protocol import encode_sensor
 from lstm_stream.serve.client import VehicleStack, control_request
 from lstm_stream.serve.runner import Runner
 
-from support import REPO, free_endpoint
+from helpers.support import REPO, free_endpoint
 
 MODEL = REPO / "models" / "random_lstm.onnx"
 POISON = 12345.0  # a feature value that makes the backend below raise

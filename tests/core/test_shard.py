@@ -21,7 +21,7 @@ from lstm_stream.core.protocol import encode_sensor
 from lstm_stream.core.shard import Shard, shard_of, shard_topic, topic_for
 from lstm_stream.serve.client import control_request
 
-from support import REPO, Reference, Served, VehicleStack, serve_process
+from helpers.support import REPO, Reference, Served, VehicleStack, serve_process
 
 MODEL = REPO / "models" / "random_lstm.onnx"
 

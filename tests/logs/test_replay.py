@@ -13,14 +13,13 @@ import msgpack
 import pytest
 import zmq
 
-sys.path.insert(0, str(Path(__file__).parent / "logs"))
-from logfixtures import write_drive
-
 from lstm_stream.core.errors import ConfigError, LogError
 from lstm_stream.demo import free_endpoint
 from lstm_stream.logs.reader import LogReader
 from lstm_stream.logs.replay import ReplayConfig, Replayer
 from lstm_stream.serve.client import control_request
+
+from helpers.logs import write_drive
 
 
 def subscriber(ctx: zmq.Context[Any], endpoint: str, topic: bytes = b"") -> zmq.Socket[Any]:

@@ -19,7 +19,7 @@ import zmq
 from lstm_stream.core.protocol import encode_sensor
 from lstm_stream.serve.client import control_request
 
-from support import REPO, Reference, Served, VehicleStack, free_endpoint, serve_process
+from helpers.support import REPO, Reference, Served, VehicleStack, free_endpoint, serve_process
 
 MODEL = REPO / "models" / "random_lstm.onnx"
 

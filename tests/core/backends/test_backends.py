@@ -18,8 +18,8 @@ from lstm_stream.core.backends import StepBackend, create_backend
 from lstm_stream.core.contract import ModelContract, load_contract
 from lstm_stream.core.errors import BackendError, UnsupportedOperatorError
 
-from make_model import build_step_model
-from support import run_python
+from helpers.support import REPO, run_python
+from helpers.tools import build_step_model
 
 TOL = 1e-5
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -86,7 +86,7 @@ def test_interpreters_match_onnxruntime_over_50_steps(
 
 @pytest.mark.parametrize("backend", INTERPRETERS)
 def test_shipped_default_model(backend: str) -> None:
-    contract = load_contract(Path(__file__).resolve().parents[2] / "models/random_lstm.onnx")
+    contract = load_contract(REPO / "models/random_lstm.onnx")
     assert (contract.n_features, contract.n_outputs, contract.cell) == (16, 2, "lstm")
     xs = inputs(contract, batch=3, steps=20)
     want = run_steps(create_backend("onnxruntime", contract), contract, xs)
@@ -289,7 +289,7 @@ def test_onnxruntime_fast_path_equals_the_public_run() -> None:
     """The backend's direct call into the C++ session gives what `InferenceSession.run` gives."""
     from lstm_stream.core.backends.onnxruntime import OnnxRuntimeBackend
 
-    repo = Path(__file__).resolve().parents[2]
+    repo = REPO
     contract = load_contract(repo / "models" / "random_lstm.onnx")
     backend = OnnxRuntimeBackend(contract)
     rng = np.random.default_rng(3)

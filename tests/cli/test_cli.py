@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from support import REPO, VehicleStack, serve_process
+from helpers.support import REPO, VehicleStack, serve_process
 
 MODEL = REPO / "models" / "random_lstm.onnx"
 
@@ -85,7 +85,7 @@ def test_control_command_against_a_live_runner() -> None:
 
 
 def test_control_command_without_a_runner_times_out_clearly() -> None:
-    from support import free_endpoint
+    from helpers.support import free_endpoint
 
     done = cli("control", "status", "--control", free_endpoint(), "--timeout", "0.3")
     assert done.returncode == 1
@@ -207,8 +207,7 @@ def test_every_option_a_message_names_exists_where_it_is_printed() -> None:
 
 
 def test_every_json_output_is_exactly_one_document(tmp_path: Path) -> None:
-    sys.path.insert(0, str(REPO / "tests" / "logs"))
-    from logfixtures import write_drive
+    from helpers.logs import write_drive
 
     log = write_drive(tmp_path / "drive.mcap", streams=1, steps=10)
     runs = {

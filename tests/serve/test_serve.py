@@ -25,8 +25,7 @@ from lstm_stream.core.contract import load_contract
 from lstm_stream.core.protocol import encode_sensor
 from lstm_stream.serve.client import control_request
 
-from make_model import build_step_model
-from support import (
+from helpers.support import (
     REPO,
     Reference,
     Served,
@@ -35,6 +34,7 @@ from support import (
     run_python,
     serve_process,
 )
+from helpers.tools import build_step_model
 
 MODEL = REPO / "models" / "random_lstm.onnx"
 
@@ -332,7 +332,7 @@ def test_serve_refuses_a_model_that_breaks_the_contract(tmp_path: Path) -> None:
 
 def test_a_gru_without_metadata_serves(stack: VehicleStack, tmp_path: Path) -> None:
     """Any model that follows the contract serves, here a GRU with a single state."""
-    from make_model import build_step_model
+    from helpers.tools import build_step_model
 
     model = build_step_model(cell="gru", layers=2, hidden=8, features=5, outputs=3, seed=4)
     del model.metadata_props[:]

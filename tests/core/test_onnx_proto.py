@@ -15,7 +15,7 @@ from lstm_stream.core.contract import load_contract
 from lstm_stream.core.errors import ModelFormatError
 from lstm_stream.core.onnx_proto import OnnxModel, ValueInfo, read_model
 
-from make_model import build_step_model
+from helpers.tools import build_step_model
 
 
 def _dims(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...]:

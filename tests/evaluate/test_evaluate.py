@@ -14,9 +14,6 @@ import numpy as np
 import pytest
 import zmq
 
-sys.path.insert(0, str(Path(__file__).parent / "logs"))
-from logfixtures import T0, write_drive
-
 from lstm_stream.cli.main import main
 from lstm_stream.core.errors import EvaluationError, LogError
 from lstm_stream.core.protocol import encode_sensor
@@ -25,8 +22,9 @@ from lstm_stream.logs.reader import LogReader
 from lstm_stream.logs.replay import ReplayConfig, Replayer
 from lstm_stream.logs.writer import LogWriter
 
-from make_model import build_step_model
-from support import REPO, VehicleStack, poisoned_model, serve_process
+from helpers.logs import T0, write_drive
+from helpers.support import REPO, VehicleStack, poisoned_model, serve_process
+from helpers.tools import build_step_model
 
 MODEL = str(REPO / "models" / "random_lstm.onnx")
 

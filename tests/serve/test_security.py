@@ -27,7 +27,7 @@ from lstm_stream.serve.client import ControlError, control_request
 from lstm_stream.serve.security import ClientKeys, generate_keys, load_server_keys
 from lstm_stream.serve.security.curve import ENV_CLIENT_KEY, ENV_SERVER_KEY
 
-from support import REPO, VehicleStack, free_endpoint, serve_process
+from helpers.support import REPO, VehicleStack, free_endpoint, serve_process
 
 MODEL = REPO / "models" / "random_lstm.onnx"
 

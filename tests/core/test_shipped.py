@@ -13,7 +13,7 @@ from lstm_stream.core.contract import load_contract
 from lstm_stream.core.errors import ModelContractError
 from lstm_stream.core.shipped import SHIPPED, resolve_model_path, shipped_model
 
-from support import REPO
+from helpers.support import REPO
 
 
 def test_the_repository_models_are_the_shipped_ones() -> None:

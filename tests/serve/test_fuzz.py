@@ -21,8 +21,10 @@ from lstm_stream.core.protocol import (
     decode_control_request,
 )
 
-from fuzz_serve import Generator, run_fuzz
-from support import REPO
+from helpers.support import REPO
+from helpers.tools import fuzz_serve
+
+Generator, run_fuzz = fuzz_serve().Generator, fuzz_serve().run_fuzz
 
 MODEL = str(REPO / "models" / "random_lstm.onnx")
 F = 16
@@ -74,7 +76,7 @@ def test_generated_malformed_messages_are_all_rejected(seed: int, noise: bytes) 
         category, frames, reason = gen.malformed()
         got = decoder.decode(frames)
         if category == "stale seq":
-            continue  # well-formed: the state store rejects it (tests/test_state.py)
+            continue  # well-formed: the state store rejects it (tests/core/test_state.py)
         assert isinstance(got, Rejection), (category, frames[:1])
         assert reason is None or got.reason == reason, (category, got)
 

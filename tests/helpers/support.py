@@ -19,7 +19,7 @@ from lstm_stream.core.contract import load_contract
 from lstm_stream.demo import RunnerProcess, free_endpoint, runner_process
 from lstm_stream.serve.client import VehicleStack
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 Served = RunnerProcess
 
 
@@ -72,7 +72,7 @@ def poisoned_model(path: Path, target: str, **kwargs: object) -> Path:
     import onnx
     from onnx import helper, numpy_helper
 
-    from make_model import build_step_model
+    from helpers.tools import build_step_model
 
     model = build_step_model(**kwargs)  # type: ignore[arg-type]
     graph = model.graph
