@@ -128,6 +128,7 @@ ONE_OF = {
     "cli/keys.py": ("keys generate",),
     "serve/client.py": ("serve", "control"),
     "demo.py": ("demo", "serve"),
+    "procs.py": ("serve",),
     "cli/logs.py": ("record", "replay", "eval", "log info", "log recover"),
     "logs/replay.py": ("replay", "serve"),
     "serve/security/": ("keys generate", "control"),

@@ -16,7 +16,7 @@ import numpy as np
 
 from lstm_stream.core.backends.numpy import NumpyBackend
 from lstm_stream.core.contract import load_contract
-from lstm_stream.demo import RunnerProcess, free_endpoint, runner_process
+from lstm_stream.procs import RunnerProcess, free_endpoint, runner_process
 from lstm_stream.serve.client import VehicleStack
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,9 +14,9 @@ import pytest
 import zmq
 
 from lstm_stream.core.errors import ConfigError, LogError
-from lstm_stream.demo import free_endpoint
 from lstm_stream.logs.reader import LogReader
 from lstm_stream.logs.replay import ReplayConfig, Replayer
+from lstm_stream.procs import free_endpoint
 from lstm_stream.serve.client import control_request
 
 from helpers.logs import write_drive

@@ -16,8 +16,8 @@ pytest.importorskip("highway_env", reason="needs the [sim] extra")
 
 import zmq
 
-from lstm_stream.demo import free_endpoint
 from lstm_stream.logs.writer import LogWriter
+from lstm_stream.procs import free_endpoint
 from lstm_stream.serve.client import VehicleStack
 from lstm_stream.sim import SimError
 from lstm_stream.sim.env import LaneKeepingSim, SimConfig

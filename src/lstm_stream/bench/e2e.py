@@ -30,7 +30,7 @@ import zmq
 
 from lstm_stream.bench.stats import summarize_ns
 from lstm_stream.core.errors import LstmStreamError
-from lstm_stream.demo import free_endpoint, stop_process
+from lstm_stream.procs import free_endpoint, stop_process
 from lstm_stream.serve.client import control_request
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ import zmq
 
 from lstm_stream.core.progress import NullProgress, Progress
 from lstm_stream.core.protocol import encode_sensor
-from lstm_stream.demo import runner_process
+from lstm_stream.procs import runner_process
 from lstm_stream.serve.client import VehicleStack
 from lstm_stream.sim import SimError
 from lstm_stream.sim.env import LaneKeepingSim
