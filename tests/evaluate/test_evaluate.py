@@ -122,7 +122,7 @@ def test_workers_give_the_same_outputs(tmp_path: Path) -> None:
 
 
 def test_a_worker_that_dies_costs_only_its_log() -> None:
-    from lstm_stream import local_pool
+    from lstm_stream.evaluate import parallel as local_pool
 
     done: list[int] = []
     results = local_pool.run("os:_exit", [(0,), (3,), (0,)], workers=1, on_done=done.append)

@@ -30,10 +30,11 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from lstm_stream import __version__, local_pool
+from lstm_stream import __version__
 from lstm_stream.core.errors import EvaluationError, LstmStreamError
 from lstm_stream.core.model_io import ModelIO
 from lstm_stream.core.progress import NullProgress, Progress
+from lstm_stream.evaluate import parallel
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +366,7 @@ def evaluate_log_plain(path: str, options: dict[str, Any]) -> dict[str, Any] | s
 
     Only a path, the options as a dict and the result as a JSON-able dict (or the
     error's message, so that one bad log does not stop the others) cross the
-    process boundary: the local pool sends them as JSON lines (local_pool.py, no
+    process boundary: the local pool sends them as JSON lines (evaluate/parallel.py, no
     pickle), and the local pool and the cluster run exactly this function.
     """
     try:
@@ -429,10 +430,10 @@ def evaluate(paths: Sequence[str | Path], options: EvalOptions, *, workers: int 
 
 def _evaluate_parallel(paths: Sequence[str | Path], options: EvalOptions, workers: int,
                        progress: Progress) -> list[LogResult]:
-    # Worker processes that speak JSON lines (local_pool.py): no pickle on the pipes.
+    # Worker processes that speak JSON lines (evaluate/parallel.py): no pickle on the pipes.
     progress.start("eval logs", len(paths))
     plain = asdict(options)
-    outputs = local_pool.run("lstm_stream.evaluate.run:evaluate_log_plain",
+    outputs = parallel.run("lstm_stream.evaluate.run:evaluate_log_plain",
                              [(str(p), plain) for p in paths], workers,
                              on_done=lambda _: progress.advance(1))
     progress.close()

@@ -3,7 +3,7 @@
 ``multiprocessing`` pools send arguments and results through pickle. Nothing
 untrusted travels there, but the project's rule is no pickle on any path that
 reads a file or a socket, and a pool's pipes are such a path. Here each worker
-is ``python -m lstm_stream.local_pool MODULE:FUNCTION``: it reads one JSON
+is ``python -m lstm_stream.evaluate.parallel MODULE:FUNCTION``: it reads one JSON
 array of arguments per line on stdin, calls the function, and writes its
 JSON-able result as one line on stdout (the library never prints; logging goes
 to stderr). One thread per worker feeds it items from a shared queue.
@@ -66,7 +66,7 @@ def run(function: str, items: Sequence[Sequence[Any]], workers: int,
 
 
 def _start(function: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "lstm_stream.local_pool", function],
+    return subprocess.Popen([sys.executable, "-m", "lstm_stream.evaluate.parallel", function],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
