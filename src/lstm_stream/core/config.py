@@ -52,7 +52,7 @@ class ModelIOConfig:
 
 
 @dataclass
-class ModelConfig:
+class ServedModelConfig:
     """Which model to serve and how to run it."""
 
     path: str = "models/random_lstm.onnx"
@@ -204,7 +204,7 @@ class SecurityConfig:
 class RunnerConfig:
     """Everything ``lstm-stream serve`` needs."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ServedModelConfig = field(default_factory=ServedModelConfig)
     input: InputConfig = field(default_factory=InputConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     control: ControlConfig = field(default_factory=ControlConfig)

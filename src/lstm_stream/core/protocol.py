@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
+from typing import Any, NamedTuple
 
 import msgpack
 import numpy as np
@@ -23,25 +24,43 @@ PROTOCOL_VERSION = 1
 MAX_STREAM_NAME_BYTES = 256
 MAX_SEQ = (1 << 63) - 1
 
-# Rejection reasons: short, stable codes (counted in status, sent on diagnostics).
-FRAMES = "frames"  # not exactly two frames
-TOPIC = "topic"  # topic frame is not UTF-8
-OVERSIZED = "oversized"  # payload larger than input.max_message_bytes
-NOT_MSGPACK = "not_msgpack"  # payload does not decode as one msgpack object
-NOT_MAP = "not_map"  # payload is msgpack but not a map with string keys
-MISSING_KEY = "missing_key"  # a required key is absent
-BAD_TYPE = "bad_type"  # a key has the wrong type
-BAD_VALUE = "bad_value"  # right type, value out of range
-WRONG_LENGTH = "wrong_length"  # x does not have the model's number of features
-NON_FINITE = "non_finite"  # x holds NaN or +-Inf
-STALE_SEQ = "stale_seq"  # seq not greater than the stream's last stepped seq
-STEP_FAILED = "step_failed"  # the backend raised while stepping
-WRONG_SHARD = "wrong_shard"  # the stream belongs to another runner's shard (shard.py)
-BAD_OUTPUT = "bad_output"  # the model returned NaN or Inf; nothing published or committed
+class RejectReason(StrEnum):
+    """Why a message was not stepped: short, stable codes (counted in status, sent on
+    diagnostics). Members are strings: on the wire and in JSON they are their values."""
 
-REJECTION_REASONS = (FRAMES, TOPIC, OVERSIZED, NOT_MSGPACK, NOT_MAP, MISSING_KEY, BAD_TYPE,
-                     BAD_VALUE, WRONG_LENGTH, NON_FINITE, STALE_SEQ, STEP_FAILED,
-                     WRONG_SHARD, BAD_OUTPUT)
+    FRAMES = "frames"  # not exactly two frames
+    TOPIC = "topic"  # topic frame is not UTF-8
+    OVERSIZED = "oversized"  # payload larger than input.max_message_bytes
+    NOT_MSGPACK = "not_msgpack"  # payload does not decode as one msgpack object
+    NOT_MAP = "not_map"  # payload is msgpack but not a map with string keys
+    MISSING_KEY = "missing_key"  # a required key is absent
+    BAD_TYPE = "bad_type"  # a key has the wrong type
+    BAD_VALUE = "bad_value"  # right type, value out of range
+    WRONG_LENGTH = "wrong_length"  # x does not have the model's number of features
+    NON_FINITE = "non_finite"  # x holds NaN or +-Inf
+    STALE_SEQ = "stale_seq"  # seq not greater than the stream's last stepped seq
+    STEP_FAILED = "step_failed"  # the backend raised while stepping
+    WRONG_SHARD = "wrong_shard"  # the stream belongs to another runner's shard (shard.py)
+    BAD_OUTPUT = "bad_output"  # the model returned NaN or Inf; nothing published or committed
+
+
+# The codes by their short names, as the modules that reject import them.
+FRAMES, TOPIC, OVERSIZED = RejectReason.FRAMES, RejectReason.TOPIC, RejectReason.OVERSIZED
+NOT_MSGPACK, NOT_MAP = RejectReason.NOT_MSGPACK, RejectReason.NOT_MAP
+MISSING_KEY, BAD_TYPE, BAD_VALUE = (RejectReason.MISSING_KEY, RejectReason.BAD_TYPE,
+                                    RejectReason.BAD_VALUE)
+WRONG_LENGTH, NON_FINITE = RejectReason.WRONG_LENGTH, RejectReason.NON_FINITE
+STALE_SEQ, STEP_FAILED = RejectReason.STALE_SEQ, RejectReason.STEP_FAILED
+WRONG_SHARD, BAD_OUTPUT = RejectReason.WRONG_SHARD, RejectReason.BAD_OUTPUT
+
+REJECTION_REASONS = tuple(RejectReason)
+
+
+class Invalid(NamedTuple):
+    """Why a value of a message cannot be used: the reason's code and what was wrong."""
+
+    reason: RejectReason
+    detail: str
 
 _NUMBER = (int, float)
 
@@ -67,7 +86,7 @@ class SensorMessage:
 class Rejection:
     """Why a message was not stepped; ``stream`` and ``seq`` when they could be read."""
 
-    reason: str
+    reason: RejectReason
     detail: str
     topic: str | None = None
     stream: str | None = None
@@ -148,19 +167,18 @@ class SensorDecoder:
             return Rejection(MISSING_KEY, "'x' (the feature vector) is required",
                              topic, stream, seq)
         x = self._features(body["x"])
-        if type(x) is str:
-            reason, _, detail = x.partition(":")
-            return Rejection(reason, detail, topic, stream, seq)
+        if type(x) is Invalid:
+            return Rejection(x.reason, x.detail, topic, stream, seq)
         return SensorMessage(topic, stream, seq, stamp, x, reset)  # type: ignore[arg-type]
 
-    def _features(self, value: Any) -> np.ndarray | str:
-        """The feature vector as float32 (1, n), or ``"reason:detail"`` when invalid."""
+    def _features(self, value: Any) -> np.ndarray | Invalid:
+        """The feature vector as float32 (1, n), or why it is invalid."""
         n = self.n_features
         kind = type(value)
         if kind is bytes:
             if len(value) != self._x_bytes:
-                return (f"{WRONG_LENGTH}:'x' is {len(value)} bytes; the model takes {n} "
-                        f"float32 features = {self._x_bytes} bytes")
+                return Invalid(WRONG_LENGTH, f"'x' is {len(value)} bytes; the model takes "
+                               f"{n} float32 features = {self._x_bytes} bytes")
             x = np.ndarray((1, n), "<f4", value)  # a read-only view, no copy
             # x . 0 is 0 when every value is finite and NaN otherwise (inf * 0 = NaN):
             # one small call, a third of the cost of isfinite(x).all()
@@ -168,43 +186,43 @@ class SensorDecoder:
                 return _non_finite(x, [])
         elif kind is list:
             if len(value) != n:
-                return f"{WRONG_LENGTH}:'x' has {len(value)} values; the model takes {n}"
+                return Invalid(WRONG_LENGTH, f"'x' has {len(value)} values; the model takes {n}")
             for v in value:
                 if type(v) not in _NUMBER:
-                    return f"{BAD_TYPE}:'x' must hold only numbers, found {_kind(v)}"
+                    return Invalid(BAD_TYPE, f"'x' must hold only numbers, found {_kind(v)}")
             with np.errstate(over="ignore"):  # beyond float32 range: inf, rejected next
                 x = np.array(value, dtype=np.float32).reshape(1, n)
             if x.dot(self._zeros)[0] != 0.0:  # as for bin, above
                 return _non_finite(x, value)
         elif kind is dict:
             got = self._named_features(value)
-            if type(got) is str:
+            if type(got) is Invalid:
                 return got
             x = got  # type: ignore[assignment]
             if x.dot(self._zeros)[0] != 0.0:  # as for bin, above
                 return _non_finite(x, [value[k] for k in self.feature_names or ()])
         else:
-            return (f"{BAD_TYPE}:'x' must be bin (little-endian float32), an array of numbers "
-                    f"or a map of feature names, got {_kind(value)}")
+            return Invalid(BAD_TYPE, "'x' must be bin (little-endian float32), an array of "
+                           f"numbers or a map of feature names, got {_kind(value)}")
         return x
 
-    def _named_features(self, value: dict[Any, Any]) -> np.ndarray | str:
+    def _named_features(self, value: dict[Any, Any]) -> np.ndarray | Invalid:
         names = self.feature_names
         if names is None:
-            return (f"{BAD_TYPE}:'x' is a map of named features but the model declares no "
-                    "feature_names; send an array or bin instead")
+            return Invalid(BAD_TYPE, "'x' is a map of named features but the model declares "
+                           "no feature_names; send an array or bin instead")
         if len(value) != len(names):
             missing = [k for k in names if k not in value]
             extra = [str(k) for k in value if k not in names]
-            return (f"{WRONG_LENGTH}:'x' names {len(value)} features, the model takes "
-                    f"{len(names)} (missing {missing[:5]}, unknown {extra[:5]})")
+            return Invalid(WRONG_LENGTH, f"'x' names {len(value)} features, the model "
+                           f"takes {len(names)} (missing {missing[:5]}, unknown {extra[:5]})")
         out = np.empty((1, len(names)), dtype=np.float32)
         for i, name in enumerate(names):
             v = value.get(name)
             if v is None:
-                return f"{MISSING_KEY}:'x' lacks feature {name!r}"
+                return Invalid(MISSING_KEY, f"'x' lacks feature {name!r}")
             if type(v) not in _NUMBER:
-                return f"{BAD_TYPE}:feature {name!r} must be a number, got {_kind(v)}"
+                return Invalid(BAD_TYPE, f"feature {name!r} must be a number, got {_kind(v)}")
             with np.errstate(over="ignore"):
                 out[0, i] = v
         return out
@@ -266,14 +284,14 @@ def _msgpack_error(err: Exception) -> str:
     return f"{name}: {text}"
 
 
-def _non_finite(x: np.ndarray, given: list[Any]) -> str:
-    """``"reason:detail"`` for a feature vector with a non-finite float32 value."""
+def _non_finite(x: np.ndarray, given: list[Any]) -> Invalid:
+    """Why it is invalid, for a feature vector with a non-finite float32 value."""
     bad = int(np.flatnonzero(~np.isfinite(x))[0])
     value = given[bad] if bad < len(given) else None
     if isinstance(value, _NUMBER) and math.isfinite(value):
-        return (f"{NON_FINITE}:'x' value {value!r} at index {bad} is out of float32 range "
-                "(|x| <= 3.4e38); scale the feature or send it in range")
-    return f"{NON_FINITE}:'x' holds NaN or Inf (first at index {bad})"
+        return Invalid(NON_FINITE, f"'x' value {value!r} at index {bad} is out of float32 "
+                       "range (|x| <= 3.4e38); scale the feature or send it in range")
+    return Invalid(NON_FINITE, f"'x' holds NaN or Inf (first at index {bad})")
 
 
 def _kind(value: Any) -> str:

@@ -38,7 +38,14 @@ import numpy as np
 
 from lstm_stream import __version__
 from lstm_stream.core.errors import SnapshotError
-from lstm_stream.core.state import CONTROL, IDLE, RESET_REASONS, RESTORED, StateStore
+from lstm_stream.core.state import (
+    CONTROL,
+    IDLE,
+    RESET_REASONS,
+    RESTORED,
+    ResetReason,
+    StateStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +106,7 @@ class Snapshot:
     idle_ns: list[int]
     pending_reset: list[str | None]
     arrays: list[np.ndarray]  # one (streams, layers, hidden) float32 per state tensor
-    forgotten: list[tuple[str, str]] = field(default_factory=list)
+    forgotten: list[tuple[str, str]] = field(default_factory=list)  # reasons checked
 
     def __len__(self) -> int:
         return len(self.name)
@@ -153,6 +160,8 @@ def _from_map(raw: Any) -> Snapshot:
             raise SnapshotError(f"state {name!r} holds NaN or Inf")
         arrays.append(arr)
     forgotten = [(str(a), str(b)) for a, b in raw.get("forgotten", [])]
+    if not all(why in RESET_REASONS for _, why in forgotten):
+        raise SnapshotError("column 'forgotten' holds an unknown reset reason")
     return Snapshot(str(raw["model_sha256"]), int(raw["written_unix_ns"]), states,
                     list(raw["name"]), list(raw["last_seq"]), list(raw["last_stamp_ns"]),
                     list(raw["step"]), list(raw["idle_ns"]), list(raw["pending_reset"]),
@@ -349,7 +358,7 @@ def restore(store: StateStore, path: str | Path, model_sha256: str, *,
                              f"than state.idle_timeout_s ({store.idle_timeout_ns / 1e9:g} s): "
                              "every stream would have expired; starting clean")
     for name, why in snap.forgotten:
-        store.forget(name, why)
+        store.forget(name, ResetReason(why))
     result = RestoreResult()
     for i, name in enumerate(snap.name):
         idle_ns = snap.idle_ns[i] + age_ns

@@ -25,6 +25,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
@@ -33,16 +34,25 @@ from lstm_stream.core.protocol import STALE_SEQ, Rejection, SensorMessage
 
 log = logging.getLogger(__name__)
 
-# Reset reasons, reported in the output message that follows the reset.
-NEW_STREAM = "new_stream"  # first message of a stream never seen (or long forgotten)
-REQUESTED = "requested"  # the message carried reset: true
-CONTROL = "control"  # a reset request on the control socket
-IDLE = "idle"  # no message for longer than state.idle_timeout_s
-GAP = "gap"  # more than state.max_gap seq were missed
-EVICTED = "evicted"  # the stream was evicted (stream cap) and has come back
-RESTORED = "restored"  # state loaded from a snapshot at start-up (not zeroed; snapshot.py)
+class ResetReason(StrEnum):
+    """Why a stream's state was reset, reported in the output message that follows the
+    reset (``reset``). Members are strings: on the wire they are their values."""
 
-RESET_REASONS = (NEW_STREAM, REQUESTED, CONTROL, IDLE, GAP, EVICTED, RESTORED)
+    NEW_STREAM = "new_stream"  # first message of a stream never seen (or long forgotten)
+    REQUESTED = "requested"  # the message carried reset: true
+    CONTROL = "control"  # a reset request on the control socket
+    IDLE = "idle"  # no message for longer than state.idle_timeout_s
+    GAP = "gap"  # more than state.max_gap seq were missed
+    EVICTED = "evicted"  # the stream was evicted (stream cap) and has come back
+    RESTORED = "restored"  # state loaded from a snapshot at start-up (not zeroed; snapshot.py)
+
+
+NEW_STREAM, REQUESTED, CONTROL = (ResetReason.NEW_STREAM, ResetReason.REQUESTED,
+                                  ResetReason.CONTROL)
+IDLE, GAP, EVICTED, RESTORED = (ResetReason.IDLE, ResetReason.GAP, ResetReason.EVICTED,
+                                ResetReason.RESTORED)
+
+RESET_REASONS = tuple(ResetReason)
 
 
 @dataclass(slots=True)
@@ -56,7 +66,7 @@ class Stream:
     last_stamp_ns: int | None
     step: int  # steps since the last reset
     last_seen_ns: int  # monotonic clock of the last commit
-    pending_reset: str | None = None  # set by a control reset, reported on the next output
+    pending_reset: ResetReason | None = None  # set by a control reset, reported on the next output
 
 
 @dataclass(slots=True)
@@ -65,7 +75,7 @@ class Admission:
 
     stream: Stream | None  # None: a stream to be created on commit
     states: tuple[np.ndarray, ...]  # what to feed the backend
-    reset: str | None
+    reset: ResetReason | None
     gap: int
 
 
@@ -88,7 +98,7 @@ class StateStore:
         self._streams: OrderedDict[str, Stream] = OrderedDict()
         # Names of streams forgotten recently, so that their return is reported as
         # "idle" or "evicted" rather than "new_stream". Bounded like the streams.
-        self._forgotten: OrderedDict[str, str] = OrderedDict()
+        self._forgotten: OrderedDict[str, ResetReason] = OrderedDict()
         self._zeros = tuple(_zeros(spec) for spec in self.specs)
         for arr in self._zeros:
             arr.flags.writeable = False  # shared by every reset: must never change
@@ -230,7 +240,7 @@ class StateStore:
 
     def restore(self, name: str, states: Sequence[np.ndarray], *, last_seq: int,
                 last_stamp_ns: int | None, step: int, last_seen_ns: int,
-                pending_reset: str | None = RESTORED) -> Stream:
+                pending_reset: ResetReason | None = RESTORED) -> Stream:
         """Recreate a stream from a snapshot (at start-up, before any message).
 
         Its next output reports ``pending_reset`` (``restored``: the state is
@@ -249,12 +259,12 @@ class StateStore:
         """Recently forgotten streams and why (idle or evicted), oldest first."""
         return list(self._forgotten.items())
 
-    def forget(self, name: str, why: str) -> None:
+    def forget(self, name: str, why: ResetReason) -> None:
         """Remember that ``name`` was forgotten, so its return is reported as ``why``."""
         if name not in self._streams:
             self._forget(name, why)
 
-    def _forget(self, name: str, why: str) -> None:
+    def _forget(self, name: str, why: ResetReason) -> None:
         self._forgotten[name] = why
         self._forgotten.move_to_end(name)
         while len(self._forgotten) > self.max_streams:

@@ -99,7 +99,7 @@ def _check_file(name: str, path: str) -> None:
 
 
 @dataclass
-class ModelConfig:
+class NetworkConfig:
     """The network: normalisation, recurrent cell, head and task."""
 
     task: str = "classification"  # classification | regression
@@ -202,7 +202,7 @@ class TrainConfig:
 
     name: str = "run"  # the run directory is runs/<name> unless --out is given
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: NetworkConfig = field(default_factory=NetworkConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lstm_stream.train.config import ModelConfig
+from lstm_stream.train.config import NetworkConfig
 
 State = tuple[torch.Tensor, ...]  # (h,) or (h, c), each (L, B, H)
 
@@ -40,7 +40,7 @@ class SequenceModel(nn.Module):
     y_mean: torch.Tensor  # (O,)
     y_std: torch.Tensor
 
-    def __init__(self, config: ModelConfig, shape: ModelShape) -> None:
+    def __init__(self, config: NetworkConfig, shape: ModelShape) -> None:
         super().__init__()
         self.config, self.shape = config, shape
         self.cell = config.cell
