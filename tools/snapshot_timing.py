@@ -19,7 +19,8 @@ import numpy as np
 
 from lstm_stream.core.contract import load_contract
 from lstm_stream.core.protocol import SensorMessage
-from lstm_stream.core.snapshot import encode_snapshot, frame_snapshot, read_snapshot, write_atomic
+from lstm_stream.core.snapshot import encode_snapshot, frame_snapshot, read_snapshot
+from lstm_stream.core.snapshot_files import write_atomic
 from lstm_stream.core.state import Admission, StateStore
 
 

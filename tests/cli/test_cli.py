@@ -111,6 +111,7 @@ SHARED_BY = {
     "logs/reader.py": ("eval", "replay"),
     "core/config.py": ("serve", "eval"),
     "core/snapshot.py": ("serve",),
+    "core/snapshot_files.py": ("serve",),
     "evaluate/run.py": ("eval",),
     "evaluate/ray.py": ("eval",),
     "logs/record.py": ("record",),

@@ -24,14 +24,13 @@ from lstm_stream.core.contract import StateSpec, load_contract
 from lstm_stream.core.errors import SnapshotError
 from lstm_stream.core.protocol import SensorMessage, encode_sensor
 from lstm_stream.core.snapshot import (
-    check_snapshot_path,
     decode_snapshot,
     encode_snapshot,
     frame_snapshot,
     read_snapshot,
     restore,
-    write_atomic,
 )
+from lstm_stream.core.snapshot_files import check_snapshot_path, write_atomic
 from lstm_stream.core.state import Admission, StateStore
 from lstm_stream.serve.client import ControlError, control_request
 

@@ -51,10 +51,10 @@ from lstm_stream.core.shard import Shard, shard_topic
 from lstm_stream.core.snapshot import (
     RestoreResult,
     SnapshotWriter,
-    check_snapshot_path,
     encode_snapshot,
     restore,
 )
+from lstm_stream.core.snapshot_files import check_snapshot_path
 from lstm_stream.core.stepper import Stepped, StreamStepper
 from lstm_stream.serve.security.curve import ServerKeys, load_server_keys
 
