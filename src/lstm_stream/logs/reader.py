@@ -19,8 +19,6 @@ from __future__ import annotations
 import heapq
 import logging
 import os
-import struct
-import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,16 +29,20 @@ from typing import IO, Any
 
 from mcap.data_stream import ReadDataStream
 from mcap.opcode import Opcode
-from mcap.records import Channel, Chunk, Header, Metadata, Schema
+from mcap.records import Channel, Header, Metadata, Schema
 
 from lstm_stream.core.errors import LogError
 from lstm_stream.logs import format as fmt
+from lstm_stream.logs.records import MAGIC
+from lstm_stream.logs.records import MESSAGE as _MESSAGE
+from lstm_stream.logs.records import RECORD as _RECORD
+from lstm_stream.logs.records import chunk_records as _chunk_records
+from lstm_stream.logs.records import messages_in as _messages_in
+from lstm_stream.logs.records import opname as _opname
+from lstm_stream.logs.records import records_in as _records_in
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"\x89MCAP0\r\n"
-_RECORD = struct.Struct("<BQ")  # opcode, length
-_MESSAGE = struct.Struct("<HIQQ")  # channel_id, sequence, log_time, publish_time
 MESSAGES_PER_RUN = 4096  # unchunked messages are read in runs of this many
 
 
@@ -410,60 +412,3 @@ def _parse(cls: Any, body: bytes, pos: int, problems: list[LogProblem]) -> Any:
         problems.append(LogProblem(pos, f"a corrupt {cls.__name__} record "
                                    f"({type(err).__name__}); skipped"))
         return None
-
-
-def _chunk_records(body: bytes) -> bytes:
-    """The decompressed, CRC-checked records of a chunk record body."""
-    try:
-        chunk = Chunk.read(ReadDataStream(BytesIO(body)))
-        if chunk.compression == "zstd":
-            import zstandard
-
-            data = zstandard.decompress(chunk.data, chunk.uncompressed_size)
-        elif chunk.compression == "lz4":
-            import lz4.frame  # type: ignore[import-untyped]
-
-            data = lz4.frame.decompress(chunk.data)
-        elif chunk.compression == "":
-            data = chunk.data
-        else:
-            raise LogError(f"a chunk uses unsupported compression {chunk.compression!r}")
-    except LogError:
-        raise
-    except Exception as err:
-        raise LogError(f"a chunk does not decode ({type(err).__name__}: {err})"[:200]) from err
-    if len(data) != chunk.uncompressed_size:
-        raise LogError(f"a chunk decompresses to {len(data)} bytes, its header says "
-                       f"{chunk.uncompressed_size}")
-    if chunk.uncompressed_crc and zlib.crc32(data) != chunk.uncompressed_crc:
-        raise LogError("a chunk fails its CRC check (corrupt data)")
-    return bytes(data)
-
-
-def _records_in(buf: bytes) -> Iterator[tuple[int, memoryview]]:
-    """(opcode, body) of the records in ``buf``; stops at a record that overruns it."""
-    view = memoryview(buf)
-    pos, n = 0, len(buf)
-    while pos + _RECORD.size <= n:
-        opcode, length = _RECORD.unpack_from(buf, pos)
-        start = pos + _RECORD.size
-        if start + length > n:
-            return
-        yield opcode, view[start:start + length]
-        pos = start + length
-
-
-def _messages_in(buf: bytes) -> Iterator[tuple[int, int, int, bytes]]:
-    """(channel id, log time, publish time, data) of the message records in ``buf``."""
-    unpack, size, msg_op = _MESSAGE.unpack_from, _MESSAGE.size, Opcode.MESSAGE
-    for opcode, rec in _records_in(buf):
-        if opcode == msg_op and len(rec) >= size:
-            cid, _, log_time, pub = unpack(rec)
-            yield cid, log_time, pub, bytes(rec[size:])
-
-
-def _opname(opcode: int) -> str:
-    try:
-        return Opcode(opcode).name
-    except ValueError:
-        return f"unknown (opcode 0x{opcode:02x})"

@@ -1,0 +1,83 @@
+"""MCAP records at the byte level: the framing the reader walks without the mcap classes.
+
+The record frame (opcode, length), the message record's fixed header, and the
+records and messages inside a buffer (a file region or a decompressed chunk):
+what :mod:`lstm_stream.logs.reader` uses on the hot path of replay and eval,
+where building an ``mcap.records.Message`` per message would cost more than the
+message. Chunks are decompressed and CRC-checked here (zstd and lz4 are the
+``mcap`` package's own optional dependencies).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator
+from io import BytesIO
+
+from mcap.data_stream import ReadDataStream
+from mcap.opcode import Opcode
+from mcap.records import Chunk
+
+from lstm_stream.core.errors import LogError
+
+MAGIC = b"\x89MCAP0\r\n"
+RECORD = struct.Struct("<BQ")  # opcode, length
+MESSAGE = struct.Struct("<HIQQ")  # channel_id, sequence, log_time, publish_time
+
+
+def chunk_records(body: bytes) -> bytes:
+    """The decompressed, CRC-checked records of a chunk record body."""
+    try:
+        chunk = Chunk.read(ReadDataStream(BytesIO(body)))
+        if chunk.compression == "zstd":
+            import zstandard
+
+            data = zstandard.decompress(chunk.data, chunk.uncompressed_size)
+        elif chunk.compression == "lz4":
+            import lz4.frame  # type: ignore[import-untyped]
+
+            data = lz4.frame.decompress(chunk.data)
+        elif chunk.compression == "":
+            data = chunk.data
+        else:
+            raise LogError(f"a chunk uses unsupported compression {chunk.compression!r}")
+    except LogError:
+        raise
+    except Exception as err:
+        raise LogError(f"a chunk does not decode ({type(err).__name__}: {err})"[:200]) from err
+    if len(data) != chunk.uncompressed_size:
+        raise LogError(f"a chunk decompresses to {len(data)} bytes, its header says "
+                       f"{chunk.uncompressed_size}")
+    if chunk.uncompressed_crc and zlib.crc32(data) != chunk.uncompressed_crc:
+        raise LogError("a chunk fails its CRC check (corrupt data)")
+    return bytes(data)
+
+
+def records_in(buf: bytes) -> Iterator[tuple[int, memoryview]]:
+    """(opcode, body) of the records in ``buf``; stops at a record that overruns it."""
+    view = memoryview(buf)
+    pos, n = 0, len(buf)
+    while pos + RECORD.size <= n:
+        opcode, length = RECORD.unpack_from(buf, pos)
+        start = pos + RECORD.size
+        if start + length > n:
+            return
+        yield opcode, view[start:start + length]
+        pos = start + length
+
+
+def messages_in(buf: bytes) -> Iterator[tuple[int, int, int, bytes]]:
+    """(channel id, log time, publish time, data) of the message records in ``buf``."""
+    unpack, size, msg_op = MESSAGE.unpack_from, MESSAGE.size, Opcode.MESSAGE
+    for opcode, rec in records_in(buf):
+        if opcode == msg_op and len(rec) >= size:
+            cid, _, log_time, pub = unpack(rec)
+            yield cid, log_time, pub, bytes(rec[size:])
+
+
+def opname(opcode: int) -> str:
+    try:
+        return Opcode(opcode).name
+    except ValueError:
+        return f"unknown (opcode 0x{opcode:02x})"
