@@ -24,6 +24,7 @@ PROTOCOL_VERSION = 1
 MAX_STREAM_NAME_BYTES = 256
 MAX_SEQ = (1 << 63) - 1
 
+
 class RejectReason(StrEnum):
     """Why a message was not stepped: short, stable codes (counted in status, sent on
     diagnostics). Members are strings: on the wire and in JSON they are their values."""
@@ -61,6 +62,7 @@ class Invalid(NamedTuple):
 
     reason: RejectReason
     detail: str
+
 
 _NUMBER = (int, float)
 
