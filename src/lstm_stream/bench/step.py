@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from lstm_stream.bench.stats import summarize_ns
-from lstm_stream.core.backends import create_backend
+from lstm_stream.core.backends import BackendName, create_backend
 from lstm_stream.core.backends.onnxruntime import session_options
 from lstm_stream.core.contract import ModelContract
 from lstm_stream.core.errors import BackendError
@@ -98,7 +98,7 @@ def runner_path(contract: ModelContract, steps: int, warmup: int,
     from lstm_stream.core.protocol import encode_output, encode_sensor
     from lstm_stream.core.stepper import StreamStepper
 
-    backend = create_backend("onnxruntime", contract, threads=threads)
+    backend = create_backend(BackendName.ONNXRUNTIME, contract, threads=threads)
     stepper = StreamStepper(contract, backend, max_streams=16, idle_timeout_s=1e6)
     packer = msgpack.Packer(use_bin_type=True)
     rng = np.random.default_rng(0)
@@ -166,10 +166,12 @@ def step_suite(contract: ModelContract, *, steps: int, warmup: int, batches: tup
                threads: int = 1, with_torch: bool = True) -> dict[str, Any]:
     """Step latency of every backend at every batch size, plus floor (b) and naive loops."""
     results: dict[str, Any] = {}
-    backends = ["onnxruntime", "numpy"] + (["torch"] if with_torch and has_torch() else [])
+    backends = [BackendName.ONNXRUNTIME, BackendName.NUMPY]
+    if with_torch and has_torch():
+        backends.append(BackendName.TORCH)
     for name in backends:
         for batch in batches:
-            n = steps if name == "onnxruntime" else max(200, steps // 10)
+            n = steps if name == BackendName.ONNXRUNTIME else max(200, steps // 10)
             samples = backend_step(contract, name, batch, n, min(warmup, n), threads)
             results[f"{name} batch {batch}"] = summarize_ns(samples)
     results["floor b: bare InferenceSession.run"] = summarize_ns(

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lstm_stream import __version__
+from lstm_stream.core.backends import BackendName
 from lstm_stream.core.errors import LstmStreamError
 
 log = logging.getLogger("lstm_stream.cli.main")
@@ -114,7 +115,7 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--shard", metavar="INDEX/COUNT", type=_shard_arg,
                    help="serve only shard INDEX of COUNT runners sharing the sensor endpoint "
                    "(sets sharding.index and sharding.count; docs/architecture.md)")
-    p.add_argument("--backend", choices=["onnxruntime", "numpy", "torch"],
+    p.add_argument("--backend", choices=list(BackendName),
                    help="step backend (default onnxruntime)")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default 1)")
     add_model_io_options(p)

@@ -37,12 +37,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.floating[Any]]
+
+
+class CellKind(StrEnum):
+    """The recurrent cell of a model (its ``cell`` metadata, or what its graph holds)."""
+
+    LSTM = "lstm"
+    GRU = "gru"
+    CUSTOM = "custom"  # neither: a graph of other operators, stepped all the same
+
 
 # Block permutations between gate orders: ``new_blocks = old_blocks[perm]``.
 _LSTM_ONNX_TO_CANONICAL = (0, 2, 3, 1)  # ONNX i, o, f, c  -> i, f, g, o

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lstm_stream.core.backends import BACKENDS, BackendName
 from lstm_stream.core.errors import ConfigError
 from lstm_stream.core.model_io import ModelIO
 
@@ -56,14 +57,12 @@ class ServedModelConfig:
     """Which model to serve and how to run it."""
 
     path: str = "models/random_lstm.onnx"
-    backend: str = "onnxruntime"  # onnxruntime | numpy | torch
+    backend: str = BackendName.ONNXRUNTIME.value  # onnxruntime | numpy | torch
     threads: int = 1  # intra-op threads; 1 is fastest for small models
     sha256: str = ""  # pin: refuse to start when the model file's SHA-256 differs; "" = no pin
     io: ModelIOConfig = field(default_factory=ModelIOConfig)
 
     def __post_init__(self) -> None:
-        from lstm_stream.core.backends import BACKENDS  # local: backends import contract
-
         _check(self.backend in BACKENDS, "model.backend", f"one of {sorted(BACKENDS)}",
                self.backend)
         _check(1 <= self.threads <= 256, "model.threads", "between 1 and 256", self.threads)

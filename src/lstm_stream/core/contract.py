@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from lstm_stream.core.cell import CellKind
 from lstm_stream.core.errors import ModelContractError, ModelFormatError
 from lstm_stream.core.model_io import ModelIO, NameMapping, map_names
 from lstm_stream.core.onnx_proto import OnnxModel, ValueInfo, read_model, type_name
@@ -83,7 +84,7 @@ class ModelContract:
     n_features: int
     n_outputs: int
     states: tuple[StateSpec, ...]
-    cell: str  # "lstm", "gru" or "custom"
+    cell: CellKind
     feature_names: tuple[str, ...] | None = None
     output_names: tuple[str, ...] | None = None
     normalization: dict[str, Any] | None = None
@@ -426,13 +427,13 @@ def _json_object(where: str, metadata: dict[str, str], key: str) -> dict[str, An
     return value
 
 
-def _cell_kind(graph: OnnxModel, metadata: dict[str, str]) -> str:
+def _cell_kind(graph: OnnxModel, metadata: dict[str, str]) -> CellKind:
     declared = metadata.get(META_CELL)
-    if declared in ("lstm", "gru"):
-        return declared
+    if declared in (CellKind.LSTM, CellKind.GRU):
+        return CellKind(declared)
     ops = {node.op_type for node in graph.nodes}
     if "LSTM" in ops:
-        return "lstm"
+        return CellKind.LSTM
     if "GRU" in ops:
-        return "gru"
-    return "custom"
+        return CellKind.GRU
+    return CellKind.CUSTOM

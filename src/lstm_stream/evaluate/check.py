@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from lstm_stream.core.backends import create_backend
+from lstm_stream.core.backends import BackendName, create_backend
 from lstm_stream.core.contract import ModelContract, PortSpec, load_contract
 from lstm_stream.core.errors import LstmStreamError
 from lstm_stream.core.model_io import ModelIO
@@ -92,7 +92,7 @@ def check_model(path: str | Path, io: ModelIO | None = None, *, sequences: int =
     if torch_factory is not None:
         from lstm_stream.core.backends.torch import module_reference  # torch: only when asked
 
-        references["torch"] = module_reference(torch_factory, contract)
+        references[BackendName.TORCH] = module_reference(torch_factory, contract)
     report = CheckReport(str(path), xs.shape[0], xs.shape[1],
                          default_tolerance(contract) if tolerance is None else tolerance)
     for name, reference in references.items():
@@ -102,7 +102,7 @@ def check_model(path: str | Path, io: ModelIO | None = None, *, sequences: int =
 
 def _serve(contract: ModelContract, xs: np.ndarray) -> np.ndarray:
     """What the runner outputs (y and extras, float32) for each (sequence, step)."""
-    stepper = StreamStepper(contract, create_backend("onnxruntime", contract),
+    stepper = StreamStepper(contract, create_backend(BackendName.ONNXRUNTIME, contract),
                             max_streams=max(1024, xs.shape[0]), idle_timeout_s=1e9)
     out = np.zeros((xs.shape[0], xs.shape[1], contract.n_outputs + contract.n_extra),
                    np.float32)

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lstm_stream.core.cell import CellKind
 from lstm_stream.core.config import from_dict, load_config
 from lstm_stream.core.errors import ConfigError
 
 SOURCES = ("digits", "npz", "csv", "mnist", "log")
 FILE_SOURCES = ("npz", "csv", "mnist", "log")  # sources that read data.path
-CELLS = ("lstm", "gru")
+CELLS = (CellKind.LSTM, CellKind.GRU)
 HEADS = ("linear", "mlp")
 TASKS = ("classification", "regression")
 LOSSES = {"classification": ("cross_entropy",), "regression": ("mse", "huber")}
@@ -103,7 +104,7 @@ class NetworkConfig:
     """The network: normalisation, recurrent cell, head and task."""
 
     task: str = "classification"  # classification | regression
-    cell: str = "lstm"  # lstm | gru
+    cell: str = CellKind.LSTM.value  # lstm | gru (a plain str: checkpoints hold it)
     hidden: int = 50
     layers: int = 1
     dropout: float = 0.0  # between recurrent layers (needs layers > 1)

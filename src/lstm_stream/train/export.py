@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from lstm_stream.core import cell
-from lstm_stream.core.backends.base import StepFn, step_sequences
+from lstm_stream.core.backends.base import BackendName, StepFn, step_sequences
+from lstm_stream.core.cell import CellKind
 from lstm_stream.core.contract import ModelContract, contract_from_graph
 from lstm_stream.core.errors import ExportError, LstmStreamError
 from lstm_stream.core.onnx_proto import read_model
@@ -73,7 +74,7 @@ def build_step_graph(model: SequenceModel, info: ExportInfo) -> Any:
     graph = _GraphBuilder(numpy_helper)
     f, outs = model.shape.features, model.shape.outputs
     layers, hidden = model.config.layers, model.config.hidden
-    states = ["h", "c"] if model.cell == "lstm" else ["h"]
+    states = ["h", "c"] if model.cell == CellKind.LSTM else ["h"]
     x = graph.node("Sub", ["x", graph.const("x_mean", model.x_mean)], "x_centred")
     x = graph.node("Div", [x, graph.const("x_std", model.x_std)], "x_norm")  # (B, F)
     axis0 = graph.const("axes_0", np.array([0], np.int64))
@@ -136,7 +137,7 @@ def _recurrent_layer(graph: _GraphBuilder, kind: str, rnn_state: dict[str, np.nd
     start = graph.const(f"layer_{k}", np.array([k], np.int64))
     end = graph.const(f"layer_{k}_end", np.array([k + 1], np.int64))
     ins = [graph.node("Slice", [s, start, end, axis0], f"{s}_{k}") for s in states]  # (1, B, H)
-    if kind == "lstm":
+    if kind == CellKind.LSTM:
         (w,) = cell.lstm_from_torch(rnn_state, k + 1)[k:k + 1]
         W, R, B = cell.lstm_to_onnx(w)  # gate order i, o, f, c
         attrs: dict[str, Any] = {"hidden_size": hidden}
@@ -260,7 +261,7 @@ def _steppers(data: bytes, contract: ModelContract) -> list[tuple[str, StepFn]]:
         outs = session.run(outputs, {"x": x, **dict(zip(names, states, strict=True))})
         return outs[0], tuple(outs[1:])
 
-    return [("onnxruntime", ort_step), ("numpy", NumpyBackend(contract).step)]
+    return [(BackendName.ONNXRUNTIME, ort_step), (BackendName.NUMPY, NumpyBackend(contract).step)]
 
 
 def _reference(model: SequenceModel, xs: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lstm_stream.core.cell import CellKind
 from lstm_stream.train.config import NetworkConfig
 
 State = tuple[torch.Tensor, ...]  # (h,) or (h, c), each (L, B, H)
@@ -48,7 +49,7 @@ class SequenceModel(nn.Module):
         self.register_buffer("x_std", torch.ones(shape.features))
         self.register_buffer("y_mean", torch.zeros(shape.outputs))
         self.register_buffer("y_std", torch.ones(shape.outputs))
-        rnn = nn.LSTM if config.cell == "lstm" else nn.GRU
+        rnn = nn.LSTM if config.cell == CellKind.LSTM else nn.GRU
         self.rnn = rnn(shape.features, config.hidden, num_layers=config.layers,
                        dropout=config.dropout, batch_first=True)
         if config.head == "linear":
@@ -70,7 +71,7 @@ class SequenceModel(nn.Module):
     def zero_state(self, batch: int) -> State:
         shape = (self.config.layers, batch, self.config.hidden)
         zeros = torch.zeros(shape, dtype=self.x_mean.dtype)
-        return (zeros, zeros.clone()) if self.cell == "lstm" else (zeros,)
+        return (zeros, zeros.clone()) if self.cell == CellKind.LSTM else (zeros,)
 
     def forward_normalized(self, x: torch.Tensor, state: State | None = None
                            ) -> tuple[torch.Tensor, State]:
@@ -78,7 +79,7 @@ class SequenceModel(nn.Module):
         z = (x - self.x_mean) / self.x_std  # (B, T, F)
         if state is None:
             state = self.zero_state(x.shape[0])
-        if self.cell == "lstm":
+        if self.cell == CellKind.LSTM:
             seq, (h, c) = self.rnn(z, (state[0], state[1]))  # seq (B, T, H)
             new_state: State = (h, c)
         else:

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from enum import StrEnum
 from typing import ClassVar
 
 import numpy as np
 
 from lstm_stream.core.contract import ModelContract
+
+
+class BackendName(StrEnum):
+    """The backends ``model.backend`` (and ``--backend``) chooses from."""
+
+    ONNXRUNTIME = "onnxruntime"
+    NUMPY = "numpy"
+    TORCH = "torch"  # needs torch: for checking, never the default
 
 
 class StepBackend(ABC):
@@ -20,7 +29,7 @@ class StepBackend(ABC):
     order and shapes. Backends hold no per-stream state: state goes in and out.
     """
 
-    name: ClassVar[str]
+    name: ClassVar[str]  # a BackendName
 
     def __init__(self, contract: ModelContract, *, threads: int = 1) -> None:
         self.contract = contract

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lstm_stream.core import cell
+from lstm_stream.core.backends.base import BackendName
 from lstm_stream.core.backends.graph import ArrayOps, GraphBackend
 from lstm_stream.core.contract import ModelContract
 
@@ -91,7 +92,7 @@ class NumpyOps(ArrayOps):
 class NumpyBackend(GraphBackend):
     """Steps the model by interpreting its graph with numpy."""
 
-    name: ClassVar[str] = "numpy"
+    name: ClassVar[str] = BackendName.NUMPY
 
     def __init__(self, contract: ModelContract, *, threads: int = 1) -> None:
         super().__init__(contract, NumpyOps(), threads=threads)

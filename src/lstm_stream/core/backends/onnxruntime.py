@@ -16,7 +16,7 @@ from typing import Any, ClassVar, cast
 import numpy as np
 import onnxruntime as ort
 
-from lstm_stream.core.backends.base import StepBackend
+from lstm_stream.core.backends.base import BackendName, StepBackend
 from lstm_stream.core.contract import ModelContract
 from lstm_stream.core.errors import BackendError
 
@@ -114,7 +114,7 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
 class OnnxRuntimeBackend(StepBackend):
     """Steps the model with an onnxruntime ``InferenceSession`` on the CPU."""
 
-    name: ClassVar[str] = "onnxruntime"
+    name: ClassVar[str] = BackendName.ONNXRUNTIME
 
     def __init__(self, contract: ModelContract, *, threads: int = 1) -> None:
         super().__init__(contract, threads=threads)

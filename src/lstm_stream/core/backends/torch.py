@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from lstm_stream.core import cell
+from lstm_stream.core.backends.base import BackendName
 from lstm_stream.core.backends.graph import ArrayOps, GraphBackend
 from lstm_stream.core.contract import ModelContract
 from lstm_stream.core.errors import LstmStreamError
@@ -136,7 +137,7 @@ def _gru_reset_first(
 class TorchBackend(GraphBackend):
     """Steps the model by interpreting its graph with torch on the CPU."""
 
-    name: ClassVar[str] = "torch"
+    name: ClassVar[str] = BackendName.TORCH
 
     def __init__(self, contract: ModelContract, *, threads: int = 1) -> None:
         torch.set_num_threads(threads)
