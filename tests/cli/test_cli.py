@@ -113,6 +113,8 @@ SHARED_BY = {
     "core/snapshot.py": ("serve",),
     "core/snapshot_files.py": ("serve",),
     "evaluate/run.py": ("eval",),
+    "evaluate/compare.py": ("eval",),
+    "evaluate/report.py": ("eval",),
     "evaluate/ray.py": ("eval",),
     "logs/record.py": ("record",),
     "logs/recover.py": ("log recover",),

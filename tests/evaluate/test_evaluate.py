@@ -17,7 +17,9 @@ import zmq
 from lstm_stream.cli.main import main
 from lstm_stream.core.errors import EvaluationError, LogError
 from lstm_stream.core.protocol import encode_sensor
-from lstm_stream.evaluate.run import EvalOptions, check_reference, evaluate
+from lstm_stream.evaluate.compare import check_reference
+from lstm_stream.evaluate.fleet import evaluate
+from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.logs.reader import LogReader
 from lstm_stream.logs.replay import ReplayConfig, Replayer
 from lstm_stream.logs.writer import LogWriter

@@ -28,7 +28,8 @@ import pytest
 from lstm_stream.cli.main import main
 from lstm_stream.core.errors import EvaluationError
 from lstm_stream.core.progress import Progress
-from lstm_stream.evaluate.run import EvalOptions, evaluate
+from lstm_stream.evaluate.fleet import evaluate
+from lstm_stream.evaluate.options import EvalOptions
 
 from helpers.logs import write_drive
 from helpers.support import REPO, run_python

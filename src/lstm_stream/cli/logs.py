@@ -16,14 +16,19 @@ import select
 import shutil
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
 
 from lstm_stream.cli.main import add_model_io_options, model_io_overrides
+from lstm_stream.core.backends import BackendName
+from lstm_stream.core.config import load_runner_config
 from lstm_stream.core.errors import ConfigError, EvaluationError, LogError
+from lstm_stream.core.progress import TerminalProgress
+from lstm_stream.evaluate.options import EvalOptions
+from lstm_stream.evaluate.report import render_table
 
 RECORD_EPILOG = """\
 examples:
@@ -81,8 +86,6 @@ def _library(name: str) -> ModuleType:
 
 
 def _progress() -> Any:
-    from lstm_stream.core.progress import TerminalProgress
-
     return TerminalProgress(fps=4.0)  # quiet unless stderr is a terminal
 
 
@@ -272,7 +275,7 @@ def _add_eval(sub: Any) -> None:
                    metavar="SECTION.FIELD=VALUE", help="override a runner config option")
     p.add_argument("--topics", help="comma-separated sensor topics (prefixes, as serve "
                    "subscribes; default: input.topics of the config, 'sensors')")
-    p.add_argument("--backend", choices=["onnxruntime", "numpy", "torch"],
+    p.add_argument("--backend", choices=list(BackendName),
                    help="step backend (default: model.backend of the config)")
     add_model_io_options(p)
     p.add_argument("--target-topic", help="topic of the recorded targets to score against")
@@ -298,10 +301,8 @@ def _add_eval(sub: Any) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from lstm_stream.core.config import load_runner_config
-
-    evaluate = _library("lstm_stream.evaluate.run")
-    _library("lstm_stream.logs.reader")
+    fleet = _library("lstm_stream.evaluate.fleet")
+    compare = _library("lstm_stream.evaluate.compare")
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1; got {args.workers}.")
     if args.ray is not None and args.workers > 1:
@@ -319,7 +320,7 @@ def _eval(args: argparse.Namespace) -> int:
             overrides.append(f"{key}={json.dumps(value)}")
             labels[key] = flag
     cfg = load_runner_config(args.config, overrides, labels)
-    options = evaluate.EvalOptions(
+    options = EvalOptions(
         model=cfg.model.path, backend=cfg.model.backend, threads=cfg.model.threads,
         sensor_topics=list(cfg.input.topics), target_topic=args.target_topic,
         target_key=args.target_key, output_dir=args.report, report_dir=args.report,
@@ -327,14 +328,14 @@ def _eval(args: argparse.Namespace) -> int:
         max_gap=cfg.state.max_gap, max_message_bytes=cfg.input.max_message_bytes,
         output_topic=cfg.output.topic, diagnostics_topic=cfg.output.diagnostics_topic,
         io=dataclasses.asdict(cfg.model.io))
-    report = evaluate.evaluate(args.logs, options, workers=args.workers, progress=_progress(),
+    report = fleet.evaluate(args.logs, options, workers=args.workers, progress=_progress(),
                                ray_address=args.ray)
     # With --json, stdout carries exactly one JSON document; every other line is stderr's.
     lines = sys.stderr if args.json else sys.stdout
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
     else:
-        print(evaluate.render_table(report), end="")
+        print(render_table(report), end="")
     for result in report.logs:
         print(f"eval: {result.log}: {result.stepped} stepped, "
               f"{sum(result.rejected.values())} rejected -> {result.output}", file=lines)
@@ -351,11 +352,11 @@ def _eval(args: argparse.Namespace) -> int:
             + ". Check that the log's sensor messages fit the model (`lstm-stream info MODEL`, "
             "`lstm-stream log info LOG`).")
     if args.reference:
-        _reference(evaluate, report, args, lines)
+        _reference(compare.check_reference, report, args, lines)
     return 0
 
 
-def _reference(evaluate: ModuleType, report: Any, args: argparse.Namespace,
+def _reference(check_reference: Callable[..., None], report: Any, args: argparse.Namespace,
                lines: TextIO) -> None:
     ref = Path(args.reference)
     ignore = [f.strip() for item in args.ignore for f in item.split(",") if f.strip()]
@@ -374,7 +375,7 @@ def _reference(evaluate: ModuleType, report: Any, args: argparse.Namespace,
                 shutil.copyfile(out, target)
             print(f"eval: reference updated: {target}", file=lines)
         else:
-            evaluate.check_reference(out, target, atol=args.atol, rtol=args.rtol, ignore=ignore)
+            check_reference(out, target, atol=args.atol, rtol=args.rtol, ignore=ignore)
             print(f"eval: {out.name} matches the reference {target} (atol {args.atol:g}, "
                   f"rtol {args.rtol:g})", file=lines)
 

@@ -1,109 +1,90 @@
-"""Worker processes that exchange JSON lines: a process pool without pickle.
+"""Worker processes for ``eval --workers``: a ``ProcessPoolExecutor`` that sees only text.
 
-``multiprocessing`` pools send arguments and results through pickle. Nothing
-untrusted travels there, but the project's rule is no pickle on any path that
-reads a file or a socket, and a pool's pipes are such a path. Here each worker
-is ``python -m lstm_stream.evaluate.parallel MODULE:FUNCTION``: it reads one JSON
-array of arguments per line on stdin, calls the function, and writes its
-JSON-able result as one line on stdout (the library never prints; logging goes
-to stderr). One thread per worker feeds it items from a shared queue.
+Arguments and results cross the pool's pipes as JSON documents: the pool pickles
+strings only (the function's ``"module:name"``, one JSON array of arguments in,
+one JSON result out), so nothing read from a file or a socket is ever
+unpickled, and what a worker returns is plain data by construction. Workers are
+spawned, never forked: the parent may hold onnxruntime and ZeroMQ threads.
+
+A worker that dies (killed, out of memory, a crash in native code) breaks a
+``ProcessPoolExecutor``: every call in flight fails with ``BrokenProcessPool``.
+So at most ``workers`` calls are in flight at once; when the pool breaks, each of
+those is run again alone in a fresh one-worker pool (the one that kills its
+worker again is reported as such and costs only its own item), and a fresh pool
+takes over the rest.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import queue
-import subprocess
-import sys
-import threading
+import multiprocessing
+from collections import deque
 from collections.abc import Callable, Sequence
-from typing import IO, Any
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 Done = Callable[[int], None]  # called with an item's index when it has finished
+
+_SPAWN = multiprocessing.get_context("spawn")
 
 
 def run(function: str, items: Sequence[Sequence[Any]], workers: int,
         on_done: Done | None = None) -> list[Any]:
-    """Call ``function`` (``"module:name"``) on each argument list of ``items`` in
-    ``workers`` processes; results in the order of ``items``.
+    """Call ``function`` (``"module:name"``, JSON-able arguments and result) on each
+    argument list of ``items`` in ``workers`` processes; results in the order of ``items``.
 
-    A worker that dies leaves an error message (a string) as the result of the
-    item it held, and a fresh worker takes over the rest.
+    A call whose worker dies, or that raises, leaves an error message (a string)
+    as its result; the other items are unaffected.
     """
-    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for index in range(len(items)):
-        todo.put(index)
     results: list[Any] = [None] * len(items)
-    lock = threading.Lock()
-
-    def feed() -> None:
-        proc: subprocess.Popen[str] | None = None
-        try:
-            while True:
-                try:
-                    index = todo.get_nowait()
-                except queue.Empty:
-                    return
-                if proc is None or proc.poll() is not None:
-                    proc = _start(function)
-                result = _call(proc, items[index])
-                with lock:
-                    results[index] = result
-                    if on_done is not None:
-                        on_done(index)
-        finally:
-            if proc is not None:
-                _stop(proc)
-
-    threads = [threading.Thread(target=feed, daemon=True)
-               for _ in range(max(1, min(workers, len(items))))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    done = on_done or (lambda _: None)
+    todo = deque(range(len(items)))
+    while todo:
+        for index in _run_until_broken(function, items, todo, workers, results, done):
+            if _run_until_broken(function, items, deque([index]), 1, results, done):
+                results[index] = (f"the worker process exited (killed, out of memory or "
+                                  f"crashed) while working on {_first(items[index])!r}")
+                done(index)
     return results
 
 
-def _start(function: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "lstm_stream.evaluate.parallel", function],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+def _run_until_broken(function: str, items: Sequence[Sequence[Any]], todo: deque[int],
+                      workers: int, results: list[Any], done: Done) -> list[int]:
+    """Run items taken from ``todo`` in one pool until ``todo`` is empty or a worker
+    dies; returns the items that were in flight when it died."""
+    with ProcessPoolExecutor(max_workers=max(1, min(workers, len(todo))),
+                             mp_context=_SPAWN) as pool:
+        flight: dict[Future[str], int] = {}
+        while todo or flight:
+            while todo and len(flight) < workers:
+                index = todo.popleft()
+                flight[pool.submit(call, function, json.dumps(list(items[index])))] = index
+            finished, _ = wait(flight, return_when=FIRST_COMPLETED)
+            lost = []
+            for future in finished:
+                index = flight.pop(future)
+                try:
+                    results[index] = json.loads(future.result())
+                except BrokenProcessPool:
+                    lost.append(index)
+                    continue
+                except Exception as err:  # the call raised: its item fails, the rest go on
+                    results[index] = (f"{type(err).__name__} while working on "
+                                      f"{_first(items[index])!r}: {err}")
+                done(index)
+            if lost:
+                return sorted([*lost, *flight.values()])  # the pool took them all down
+    return []
 
 
-def _call(proc: subprocess.Popen[str], args: Sequence[Any]) -> Any:
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        proc.stdin.write(json.dumps(list(args)) + "\n")
-        proc.stdin.flush()
-        line = proc.stdout.readline()
-    except (BrokenPipeError, OSError):
-        line = ""
-    if not line:
-        code = proc.wait()
-        return f"the worker process exited (code {code}) while working on {args[0]!r}"
-    return json.loads(line)
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.stdin is not None:
-        proc.stdin.close()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
-
-
-def serve(function: str, lines: IO[str], out: IO[str]) -> None:
-    """The worker's loop: one JSON argument array in, one JSON result out, per line."""
+def call(function: str, arguments: str) -> str:
+    """What a worker runs: ``function`` on the JSON ``arguments``, its result as JSON."""
     module, _, name = function.partition(":")
-    call = getattr(importlib.import_module(module), name)
-    for line in lines:
-        out.write(json.dumps(call(*json.loads(line))) + "\n")
-        out.flush()
+    result = getattr(importlib.import_module(module), name)(*json.loads(arguments))
+    return json.dumps(result)
 
 
-if __name__ == "__main__":
-    serve(sys.argv[1], sys.stdin, sys.stdout)
+def _first(arguments: Sequence[Any]) -> Any:
+    return arguments[0] if arguments else None

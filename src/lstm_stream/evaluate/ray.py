@@ -31,7 +31,8 @@ from typing import Any
 
 from lstm_stream.core.errors import ConfigError, EvaluationError
 from lstm_stream.core.progress import Progress
-from lstm_stream.evaluate.run import EvalOptions, evaluate_log_plain
+from lstm_stream.evaluate.options import EvalOptions
+from lstm_stream.evaluate.run import evaluate_log_plain
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def evaluate_on_ray(paths: Sequence[str | Path], options: EvalOptions, address: 
     """Evaluate each log as one task on the Ray cluster at ``address``; outputs in log order.
 
     Each output is what :func:`evaluate_log_plain` returns (a result dict, or an
-    error message naming the log), for :func:`~lstm_stream.evaluate.run.results_from_plain`.
+    error message naming the log), for :func:`~lstm_stream.evaluate.results.from_plain`.
     """
     target = parse_address(address)
     ray = _import_ray()

@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any, cast
 
@@ -39,13 +39,13 @@ from lstm_stream import __version__
 from lstm_stream.core.backends import StepBackend, create_backend
 from lstm_stream.core.config import RunnerConfig
 from lstm_stream.core.contract import ModelContract, load_contract
-from lstm_stream.core.errors import ModelIntegrityError, SnapshotError
+from lstm_stream.core.emit import EmitCounters, Emitter
+from lstm_stream.core.errors import LstmStreamError, ModelIntegrityError, SnapshotError
 from lstm_stream.core.protocol import (
     PROTOCOL_VERSION,
     ControlRequest,
     Rejection,
     decode_control_request,
-    encode_output,
 )
 from lstm_stream.core.shard import Shard, shard_topic
 from lstm_stream.core.snapshot import (
@@ -57,6 +57,7 @@ from lstm_stream.core.snapshot import (
 from lstm_stream.core.snapshot_files import check_snapshot_path
 from lstm_stream.core.stepper import Stepped, StreamStepper
 from lstm_stream.serve.security.curve import ServerKeys, load_server_keys
+from lstm_stream.serve.sink import ZmqSink
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +75,10 @@ RECONNECT_CHECK_NS = 250_000_000
 
 
 @dataclass
-class Counters:
+class Counters(EmitCounters):
     """What the runner has done since it started; reported by ``status``."""
 
     received: int = 0
-    stepped: int = 0
-    published: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    resets: Counter[str] = field(default_factory=Counter)
     control_requests: int = 0
     control_errors: int = 0
     input_reconnects: int = 0  # input connections dropped by ZeroMQ and made again
@@ -108,7 +105,6 @@ class Runner:
                                      max_message_bytes=config.input.max_message_bytes,
                                      shard=self.shard)
         self.store = self.stepper.store
-        self._values = self.stepper.values
         self._max_batch = min(config.batching.max_batch, self.stepper.max_batch)
         if self.contract.fixed_batch == 1 and config.batching.max_batch > 1:
             log.info("model: exported with a fixed batch of 1, so messages are stepped one "
@@ -117,9 +113,7 @@ class Runner:
         self.subscriptions: Counter[str] = Counter()
         self._latencies = np.zeros(LATENCY_WINDOW, np.int64)
         self._max_wait_ns = config.batching.max_wait_us * 1000
-        self._packer = msgpack.Packer(use_bin_type=True)
-        self._out_topic = config.output.topic.encode()
-        self._diag_topic = config.output.diagnostics_topic.encode()
+        self._packer = msgpack.Packer(use_bin_type=True)  # control replies
         self._stop = threading.Event()
         self._started = time.monotonic()
         self._control_resets = 0
@@ -175,7 +169,11 @@ class Runner:
             self.monitor = self.sub.get_monitor_socket(
                 zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED)
         self._receive = frame_receiver(self.sub)
-        self._send = self.pub.send
+        self.emitter = Emitter(self.stepper, ZmqSink(self.pub, cfg.output.topic,
+                                                     cfg.output.diagnostics_topic),
+                               self.counters)
+        self._emit_output = self.emitter.output
+        self._emit_rejection = self.emitter.rejection
         try:
             _attach(self.sub, cfg.input.endpoint, cfg.input.bind, "input")
             _attach(self.pub, cfg.output.endpoint, cfg.output.bind, "output")
@@ -323,37 +321,17 @@ class Runner:
 
     def _publish_result(self, result: Stepped | Rejection, t_recv_ns: int) -> None:
         if type(result) is Rejection:
-            self._reject(result)
+            self._emit_rejection(result, t_recv_ns)
             return
         assert not isinstance(result, Rejection)  # for mypy; free at run time
-        counters = self.counters
-        if result.reset is not None:
-            counters.resets[result.reset] += 1
-        counters.stepped += 1
         latency = time.monotonic_ns() - t_recv_ns
-        y, extra = self._values(result)
-        payload = encode_output(self._packer, result.msg, y, result.step, result.reset,
-                                result.gap, latency, extra)
-        send = self._send  # two sends: a third of send_multipart's cost in pyzmq
-        send(self._out_topic, zmq.SNDMORE)
-        send(payload)
-        counters.published += 1
-        self._latencies[counters.stepped % LATENCY_WINDOW] = latency
-
-    def _reject(self, rejection: Rejection) -> None:
-        self.counters.rejected[rejection.reason] += 1
-        self._publish_diagnostic(rejection.to_wire())
-
-    def _publish_diagnostic(self, event: dict[str, Any]) -> None:
-        self.pub.send_multipart((self._diag_topic, self._packer.pack(event)))
+        self._emit_output(result, latency, t_recv_ns)
+        self._latencies[self.counters.stepped % LATENCY_WINDOW] = latency
 
     # -- between messages ----------------------------------------------------
 
     def _housekeeping(self, now_ns: int) -> None:
-        for stream in self.store.expire(now_ns):
-            self._publish_diagnostic({
-                "event": "stream_expired", "stream": stream.name, "last_seq": stream.last_seq,
-                "idle_s": round((now_ns - stream.last_seen_ns) / 1e9, 3)})
+        self.emitter.expire(self.store, now_ns)
 
     def _change_mark(self) -> tuple[int, ...]:
         """Changes whenever the state store may have changed (cheap; between messages)."""
@@ -538,8 +516,6 @@ def _error(message: str) -> dict[str, Any]:
 
 
 def _attach(sock: zmq.Socket[Any], endpoint: str, bind: bool, what: str) -> None:
-    from lstm_stream.core.errors import LstmStreamError
-
     try:
         if bind:
             sock.bind(endpoint)

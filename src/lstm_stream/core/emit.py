@@ -1,0 +1,89 @@
+"""The emit half of a step, written once: count, encode and hand bytes to a sink.
+
+A live runner and an offline evaluation publish the same things (policy
+outputs, rejections, ``stream_expired`` events) with the same counters; only
+where the bytes go differs. :class:`Emitter` does the counting and encoding;
+a :class:`Sink` takes the encoded payloads: the runner's ZeroMQ sink
+(serve/sink.py) sends them on its XPUB socket, eval's MCAP sink
+(logs/sink.py) writes them to its output log. So what ``serve`` publishes and
+what ``eval`` writes cannot drift apart.
+
+On the hot path this is one method call and one sink call per message: the
+payload is encoded once, the sink's bound methods are looked up once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgpack
+
+from lstm_stream.core.protocol import Rejection, encode_output
+from lstm_stream.core.state import StateStore, Stream
+from lstm_stream.core.stepper import Stepped, StreamStepper
+
+STREAM_EXPIRED = "stream_expired"  # the diagnostic event of a stream forgotten when idle
+
+
+class Sink(Protocol):
+    """Where encoded outputs and diagnostics go; ``t_ns`` is the clock of the message
+    (receive time in serve, log time in eval)."""
+
+    def output(self, payload: bytes, t_ns: int) -> None: ...
+
+    def diagnostic(self, payload: bytes, t_ns: int) -> None: ...
+
+
+@dataclass
+class EmitCounters:
+    """What was emitted: the counts ``status`` reports and eval's result carries."""
+
+    stepped: int = 0
+    published: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)  # by reason
+    resets: Counter[str] = field(default_factory=Counter)  # by reason
+    expired: int = 0  # stream_expired events
+
+
+class Emitter:
+    """Counts and encodes the results of a :class:`StreamStepper` into a sink."""
+
+    def __init__(self, stepper: StreamStepper, sink: Sink,
+                 counters: EmitCounters | None = None) -> None:
+        self.counters = counters if counters is not None else EmitCounters()
+        self._values = stepper.values
+        self._output = sink.output
+        self._diagnostic = sink.diagnostic
+        self._packer = msgpack.Packer(use_bin_type=True)
+
+    def output(self, result: Stepped, latency_ns: int, t_ns: int) -> None:
+        """One policy output; ``latency_ns`` is what goes on the wire (0 offline)."""
+        counters = self.counters
+        if result.reset is not None:
+            counters.resets[result.reset] += 1
+        counters.stepped += 1
+        y, extra = self._values(result)
+        self._output(encode_output(self._packer, result.msg, y, result.step, result.reset,
+                                   result.gap, latency_ns, extra), t_ns)
+        counters.published += 1
+
+    def rejection(self, rejection: Rejection, t_ns: int) -> None:
+        """One rejected message, on the diagnostics topic."""
+        self.counters.rejected[rejection.reason] += 1
+        self._diagnostic(self._packer.pack(rejection.to_wire()), t_ns)
+
+    def event(self, event: dict[str, Any], t_ns: int) -> None:
+        """Any other diagnostic event (a map with an ``event`` key)."""
+        self._diagnostic(self._packer.pack(event), t_ns)
+
+    def expire(self, store: StateStore, now_ns: int) -> list[Stream]:
+        """Forget the streams idle past the store's timeout, each with its event."""
+        expired = store.expire(now_ns)
+        for stream in expired:
+            self.event({"event": STREAM_EXPIRED, "stream": stream.name,
+                        "last_seq": stream.last_seq,
+                        "idle_s": round((now_ns - stream.last_seen_ns) / 1e9, 3)}, now_ns)
+        self.counters.expired += len(expired)
+        return expired

@@ -1,0 +1,68 @@
+"""``lstm-stream eval`` over many logs: here, in local worker processes, or on Ray.
+
+However the logs ran, each ran :func:`~lstm_stream.evaluate.run.evaluate_log_plain`
+(or, here, the same function without the plain-data edge), and the report is
+the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from lstm_stream.core.contract import load_contract
+from lstm_stream.core.errors import EvaluationError
+from lstm_stream.core.progress import NullProgress, Progress
+from lstm_stream.evaluate import parallel
+from lstm_stream.evaluate.options import EvalOptions
+from lstm_stream.evaluate.report import write_report
+from lstm_stream.evaluate.results import EvalReport, LogResult, from_plain, gather
+from lstm_stream.evaluate.run import evaluate_log
+
+WORKER_FUNCTION = "lstm_stream.evaluate.run:evaluate_log_plain"
+
+
+def evaluate(paths: Sequence[str | Path], options: EvalOptions, *, workers: int = 1,
+             progress: Progress | None = None, ray_address: str | None = None) -> EvalReport:
+    """Evaluate every log and write the report.
+
+    Logs run in this process, in ``workers`` local processes when > 1, or with
+    ``ray_address`` (``HOST:PORT`` or ``auto``) as one task per log on that Ray
+    cluster (``ray`` is imported only then); the report is the same whichever
+    way they ran.
+    """
+    progress = progress or NullProgress()
+    if not paths:
+        raise EvaluationError("No log to evaluate: give at least one .mcap file.")
+    names = [options.output_path(Path(p)) for p in paths]
+    if len(set(names)) != len(names):
+        raise EvaluationError("Two logs have the same file name, so their outputs would "
+                              "overwrite each other; rename one or evaluate them separately.")
+    # fail early on a bad model, in this process
+    sha = load_contract(options.model, options.model_io()).sha256
+    if ray_address is not None:
+        # the one module that imports ray (the optional [cluster] extra, whose install
+        # hint it gives): loaded only when asked for
+        from lstm_stream.evaluate.ray import evaluate_on_ray
+
+        outputs = evaluate_on_ray(paths, options, ray_address, progress)
+        results = gather([from_plain(out) for out in outputs])
+    elif workers > 1 and len(paths) > 1:
+        results = _evaluate_parallel(paths, options, workers, progress)
+    else:
+        results = [evaluate_log(p, options, progress) for p in paths]
+    report = EvalReport(results, options, sha)
+    if options.report_dir:
+        write_report(report, Path(options.report_dir))
+    return report
+
+
+def _evaluate_parallel(paths: Sequence[str | Path], options: EvalOptions, workers: int,
+                       progress: Progress) -> list[LogResult]:
+    progress.start("eval logs", len(paths))
+    plain = asdict(options)
+    outputs = parallel.run(WORKER_FUNCTION, [(str(p), plain) for p in paths], workers,
+                           on_done=lambda _: progress.advance(1))
+    progress.close()
+    return gather([from_plain(out) for out in outputs])

@@ -1,0 +1,43 @@
+"""How to evaluate: :class:`EvalOptions`, plain data that workers and Ray tasks receive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lstm_stream.core.backends import BackendName
+from lstm_stream.core.model_io import ModelIO
+
+OUTPUT_SUFFIX = ".policy.mcap"
+
+
+@dataclass
+class EvalOptions:
+    """How to evaluate; plain data so that it can be handed to worker processes."""
+
+    model: str
+    backend: str = BackendName.ONNXRUNTIME.value
+    threads: int = 1
+    sensor_topics: list[str] = field(default_factory=lambda: ["sensors"])  # prefixes, as serve
+    target_topic: str | None = None
+    target_key: str = "y"
+    output_dir: str | None = None  # None: report_dir, else beside each input log
+    report_dir: str | None = None  # JSON + PNG report; None: none
+    max_streams: int = 1024
+    idle_timeout_s: float = 5.0
+    max_gap: int = 0
+    max_message_bytes: int = 65536
+    output_topic: str = "policy"
+    diagnostics_topic: str = "diagnostics"
+    io: dict[str, Any] = field(default_factory=dict)  # ModelIO fields: the model's names
+
+    def model_io(self) -> ModelIO:
+        io = dict(self.io)
+        io["extras"] = tuple(io.get("extras", ()))
+        return ModelIO(**io)
+
+    def output_path(self, log_path: Path) -> Path:
+        chosen = self.output_dir or self.report_dir
+        directory = Path(chosen) if chosen else log_path.parent
+        return directory / (log_path.name.removesuffix(".mcap") + OUTPUT_SUFFIX)
