@@ -25,8 +25,6 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType
 from typing import Any, cast
 
@@ -35,19 +33,15 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from lstm_stream import __version__
 from lstm_stream.core.backends import StepBackend, create_backend
 from lstm_stream.core.config import RunnerConfig
 from lstm_stream.core.contract import ModelContract, load_contract
-from lstm_stream.core.emit import EmitCounters, Emitter
-from lstm_stream.core.errors import LstmStreamError, ModelIntegrityError, SnapshotError
+from lstm_stream.core.emit import Emitter
+from lstm_stream.core.errors import ModelIntegrityError, SnapshotError
 from lstm_stream.core.protocol import (
-    PROTOCOL_VERSION,
-    ControlRequest,
     Rejection,
-    decode_control_request,
 )
-from lstm_stream.core.shard import Shard, shard_topic
+from lstm_stream.core.shard import Shard
 from lstm_stream.core.snapshot import (
     RestoreResult,
     SnapshotWriter,
@@ -56,15 +50,15 @@ from lstm_stream.core.snapshot import (
 )
 from lstm_stream.core.snapshot_files import check_snapshot_path
 from lstm_stream.core.stepper import Stepped, StreamStepper
+from lstm_stream.serve.control import LATENCY_WINDOW, ControlRequests, Counters
 from lstm_stream.serve.security.curve import ServerKeys, load_server_keys
 from lstm_stream.serve.sink import ZmqSink
+from lstm_stream.serve.sockets import attach, frame_receiver
 
 log = logging.getLogger(__name__)
 
-LATENCY_WINDOW = 4096  # latencies kept for the status percentiles
 HOUSEKEEPING_S = 0.1  # idle expiry and signal checks at least this often
 MAX_BURST = 256  # messages handled before control requests get a turn
-MAX_CONTROL_BYTES = 65536  # a larger control request is answered with an error
 # ZMQ_MAXMSGSIZE of the control socket: above this a peer is disconnected by ZeroMQ
 # (no reply is possible), so that no client can make the runner buffer without bound
 CONTROL_HARD_LIMIT_BYTES = 1 << 20
@@ -74,17 +68,7 @@ CONTROL_HARD_LIMIT_BYTES = 1 << 20
 RECONNECT_CHECK_NS = 250_000_000
 
 
-@dataclass
-class Counters(EmitCounters):
-    """What the runner has done since it started; reported by ``status``."""
-
-    received: int = 0
-    control_requests: int = 0
-    control_errors: int = 0
-    input_reconnects: int = 0  # input connections dropped by ZeroMQ and made again
-
-
-class Runner:
+class Runner(ControlRequests):
     """One model, one input SUB, one output XPUB, one control ROUTER."""
 
     def __init__(self, config: RunnerConfig, *, context: zmq.Context[Any] | None = None,
@@ -175,19 +159,12 @@ class Runner:
         self._emit_output = self.emitter.output
         self._emit_rejection = self.emitter.rejection
         try:
-            _attach(self.sub, cfg.input.endpoint, cfg.input.bind, "input")
-            _attach(self.pub, cfg.output.endpoint, cfg.output.bind, "output")
-            _attach(self.control, cfg.control.endpoint, cfg.control.bind, "control")
+            attach(self.sub, cfg.input.endpoint, cfg.input.bind, "input")
+            attach(self.pub, cfg.output.endpoint, cfg.output.bind, "output")
+            attach(self.control, cfg.control.endpoint, cfg.control.bind, "control")
         except Exception:
             self.close()
             raise
-
-    def input_topics(self) -> list[str]:
-        """What the input socket subscribes to: the topics, or their shard's topics."""
-        topics = self.config.input.topics
-        if self.shard is None:
-            return list(topics)
-        return [shard_topic(t, self.shard.index, self.shard.count) for t in topics]
 
     def close(self) -> None:
         if self.monitor is not None:
@@ -385,15 +362,6 @@ class Runner:
             self.sub.disconnect(self.config.input.endpoint)
         self.sub.connect(self.config.input.endpoint)
 
-    def _read_subscriptions(self) -> None:
-        while cast(int, self.pub.get(zmq.EVENTS)) & zmq.POLLIN:
-            frame = self.pub.recv()
-            if frame:
-                topic = frame[1:].decode(errors="replace")
-                self.subscriptions[topic] += 1 if frame[0] == 1 else -1
-                if self.subscriptions[topic] <= 0:
-                    del self.subscriptions[topic]
-
     def _serve_control(self) -> None:
         while cast(int, self.control.get(zmq.EVENTS)) & zmq.POLLIN:
             frames = self.control.recv_multipart()
@@ -407,101 +375,6 @@ class Runner:
                 self.counters.control_errors += 1
             self.control.send_multipart([*envelope, self._packer.pack(reply)])
 
-    def control_reply(self, request: bytes) -> dict[str, Any]:
-        """Answer one control request; unknown, malformed or oversized ones get an error
-        reply."""
-        if len(request) > MAX_CONTROL_BYTES:
-            return _error(f"request is {len(request)} bytes, more than the control limit of "
-                          f"{MAX_CONTROL_BYTES} bytes; requests are small maps such as "
-                          '{"cmd": "status"}')
-        parsed = decode_control_request(request)
-        if not isinstance(parsed, ControlRequest):
-            return _error(parsed)
-        if parsed.cmd == "status":
-            return self.status()
-        if parsed.cmd == "streams":
-            return self._streams_reply()
-        return self._reset_reply(parsed.stream)
-
-    def _reset_reply(self, stream: str | None) -> dict[str, Any]:
-        count = self.store.request_reset(stream)
-        if stream is not None and count == 0:
-            return _error(f"unknown stream {stream[:256]!r}; nothing was reset")
-        self._control_resets += 1
-        return {"ok": True, "reset": count}
-
-    def _streams_reply(self) -> dict[str, Any]:
-        now = time.monotonic_ns()
-        return {"ok": True, "streams": [
-            {"stream": s.name, "last_seq": s.last_seq, "last_stamp_ns": s.last_stamp_ns,
-             "step": s.step, "idle_s": round((now - s.last_seen_ns) / 1e9, 3)}
-            for s in self.store.streams()]}
-
-    def status(self) -> dict[str, Any]:
-        """Counters and latency percentiles, as the ``status`` request returns them."""
-        self._read_subscriptions()  # fresh, not as of the last housekeeping
-        c = self.counters
-        n = min(c.stepped, LATENCY_WINDOW)
-        latency: dict[str, Any] = {"window": n}
-        if n:
-            window = self._latencies if n == LATENCY_WINDOW else self._latencies[1:n + 1]
-            for q in (50, 90, 99):
-                latency[f"p{q}"] = int(np.percentile(window, q))
-            latency["max"] = int(window.max())
-        return {
-            "ok": True, "version": __version__, "protocol": PROTOCOL_VERSION,
-            "uptime_s": round(time.monotonic() - self._started, 3),
-            "model": {"path": str(self.contract.path), "sha256": self.contract.sha256,
-                      "backend": self.backend.name, "features": self.contract.n_features,
-                      "outputs": self.contract.n_outputs,
-                      "extras": [e.name for e in self.contract.extras],
-                      "dtype": self.contract.dtype, "fixed_batch": self.contract.fixed_batch},
-            "received": c.received, "stepped": c.stepped, "published": c.published,
-            "batches": self.stepper.calls,  # backend calls; stepped / batches = mean batch
-            "topics": self.input_topics(), "shard": None if self.shard is None else str(self.shard),
-            "rejected": dict(c.rejected), "resets": dict(c.resets),
-            "streams": len(self.store), "max_streams": self.store.max_streams,
-            "evicted": self.store.evicted, "expired": self.store.expired,
-            "control_requests": c.control_requests, "control_errors": c.control_errors,
-            "input_reconnects": c.input_reconnects,
-            "subscriptions": dict(self.subscriptions),
-            "latency_ns": latency,
-            "snapshot": self._snapshot_status(),
-            "curve": self.keys is not None,
-        }
-
-    def _snapshot_status(self) -> dict[str, Any] | None:
-        writer = self.snapshots
-        if writer is None:
-            return None
-        return {"path": str(writer.path), "restored": self.restored.restored,
-                "restore_note": self.restored.note, "written": writer.written,
-                "failed": writer.failed, "last_error": writer.last_error,
-                "last_write_ms": round(writer.last_write_s * 1e3, 3),
-                "interval_s": self.config.state.snapshot_interval_s}
-
-
-def frame_receiver(sock: zmq.Socket[Any]) -> Callable[[], list[bytes]]:
-    """A function returning the next whole multipart message as bytes, without waiting
-    (``zmq.Again`` when none is queued).
-
-    It reads each frame's ``more`` flag from the frame itself: pyzmq's
-    ``recv_multipart`` asks the socket (``RCVMORE``) after every frame, which
-    costs more than the receive.
-    """
-    recv = sock.recv
-
-    def receive() -> list[bytes]:
-        frame = recv(zmq.NOBLOCK, copy=False)
-        frames = [frame.bytes]
-        while frame.more:  # the rest of a message is queued with its first frame
-            frame = recv(copy=False)
-            frames.append(frame.bytes)
-        return frames
-
-    return receive
-
-
 def check_model_pin(contract: ModelContract, pinned: str) -> None:
     """Refuse a model whose SHA-256 differs from ``model.sha256`` (when pinned)."""
     if pinned and contract.sha256 != pinned:
@@ -509,21 +382,3 @@ def check_model_pin(contract: ModelContract, pinned: str) -> None:
             f"Model {str(contract.path)!r} has SHA-256 {contract.sha256}, but model.sha256 "
             f"pins {pinned}. Refusing to serve a model that is not the one pinned: restore "
             "the right file, or update the pin after checking the new model.")
-
-
-def _error(message: str) -> dict[str, Any]:
-    return {"ok": False, "error": message}
-
-
-def _attach(sock: zmq.Socket[Any], endpoint: str, bind: bool, what: str) -> None:
-    try:
-        if bind:
-            sock.bind(endpoint)
-        else:
-            sock.connect(endpoint)
-    except zmq.ZMQError as err:
-        verb = "bind" if bind else "connect"
-        raise LstmStreamError(
-            f"Could not {verb} the {what} socket to {endpoint!r}: {err}. "
-            + ("Is another process using that address? Pick another with "
-               f"--{what}." if bind else "Check the endpoint.")) from err
