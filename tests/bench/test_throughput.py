@@ -20,7 +20,8 @@ import pytest
 import zmq
 
 from lstm_stream.bench.e2e import ServerProcess, endpoints, server_process
-from lstm_stream.bench.throughput import ThroughputGenerator, batched_run, default_window
+from lstm_stream.bench.load import ThroughputGenerator, default_window
+from lstm_stream.bench.throughput import batched_run
 from lstm_stream.cli.main import main
 from lstm_stream.core.contract import load_contract
 

@@ -1,143 +1,31 @@
-"""The whole benchmark: step latencies, end-to-end runs, floors, ratios; text, JSON, plot."""
+"""Every benchmark report as text, plot and raw arrays: the one place that renders.
+
+The suites (latency.py, throughput.py) measure and return typed reports
+(results.py); this module only reads them.
+"""
 
 from __future__ import annotations
 
-import logging
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lstm_stream.bench.e2e import measure
-from lstm_stream.bench.platform import platform_record
-from lstm_stream.bench.step import RUNNER_PATH, has_torch, step_suite
-from lstm_stream.core.contract import ModelContract, load_contract
-from lstm_stream.core.progress import NullProgress, Progress
+from lstm_stream.bench.latency import FLOOR_B
+from lstm_stream.bench.results import (
+    BenchReport,
+    ReportHeader,
+    ThroughputReport,
+    config_name,
+    rate_label,
+)
+from lstm_stream.bench.step import RUNNER_PATH
+from lstm_stream.bench.throughput import GENERATOR_BOUND_WAIT, KNOWN_SERVERS, LABELS
 
-log = logging.getLogger(__name__)
-
-FLOOR_A = "echo"  # bare ZeroMQ echo: receive, decode, encode, send
-FLOOR_B = "floor b: bare InferenceSession.run"
 QS = ("p50", "p90", "p99", "p99.9", "max")  # the latency columns of every table
 
 
-@dataclass
-class BenchSettings:
-    model: str = "models/random_lstm.onnx"
-    rates: tuple[float, ...] = (100.0, 1000.0, 0.0)  # 0: closed loop, as fast as possible
-    duration_s: float = 10.0
-    transports: tuple[str, ...] = ("tcp",)
-    servers: tuple[str, ...] = ("echo", "runner", "naive-ort", "naive-torch")
-    steps: int = 20000
-    warmup: int = 1000
-    batches: tuple[int, ...] = (1, 8, 64)
-    threads: int = 1
-    pin: int | None = None
-    pin_load: int | None = None
-    rt_priority: int | None = None
-    busy_poll_us: int = 0
-    closed_loop_count: int = 5000
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict[str, Any]:
-    """Run every measurement; returns the report (raw latencies under ``raw``)."""
-    progress = progress or NullProgress()
-    contract = load_contract(settings.model)
-    servers = [s for s in settings.servers if s != "naive-torch" or has_torch()]
-    configs = [(t, s, r) for t in settings.transports for r in settings.rates for s in servers]
-    progress.start("bench", total=1 + len(configs))
-    started = time.time()
-    steps = step_suite(contract, steps=settings.steps, warmup=settings.warmup,
-                       batches=settings.batches, threads=settings.threads)
-    progress.advance(1, status="step latency done")
-    e2e: list[dict[str, Any]] = []
-    raw: dict[str, np.ndarray] = {}
-    for transport, server, rate in configs:
-        result = measure(server, settings.model, contract.n_features, rate_hz=rate,
-                         duration_s=settings.duration_s, transport=transport,
-                         threads=settings.threads, pin=settings.pin,
-                         pin_load=settings.pin_load, rt_priority=settings.rt_priority,
-                         busy_poll_us=settings.busy_poll_us,
-                         closed_loop_count=settings.closed_loop_count)
-        raw[config_name(result)] = result.pop("_raw_latency_ns")
-        e2e.append(result)
-        progress.advance(1, status=f"{server} {transport} {rate_label(rate)}")
-    progress.close()
-    return {
-        "platform": platform_record({
-            "rates_hz": list(settings.rates), "duration_s": settings.duration_s,
-            "transports": list(settings.transports), "steps": settings.steps,
-            "warmup": settings.warmup, "threads": settings.threads, "pin_runner": settings.pin,
-            "pin_load": settings.pin_load, "rt_priority": settings.rt_priority,
-            "busy_poll_us": settings.busy_poll_us}),
-        "model": model_record(settings.model, contract),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-        "step": steps,
-        "e2e": e2e,
-        "verdict": verdict(steps, e2e),
-        "raw": raw,
-    }
-
-
-def model_record(path: str, contract: ModelContract) -> dict[str, Any]:
-    """The model's identity and shape, as every report records it."""
-    state = contract.states[0]
-    return {"path": path, "sha256": contract.sha256, "cell": contract.cell,
-            "layers": state.layers, "hidden": state.hidden, "features": contract.n_features,
-            "outputs": contract.n_outputs,
-            "sensor_payload_bytes": sensor_payload_bytes(contract.n_features)}
-
-
-def sensor_payload_bytes(n_features: int) -> int:
-    import msgpack
-
-    body = {"stream": "bench/0", "seq": 1_000_000, "stamp_ns": time.monotonic_ns(),
-            "x": b"\x00" * 4 * n_features}
-    return len(msgpack.packb(body))
-
-
-def rate_label(rate: float) -> str:
-    return f"{rate:g} Hz" if rate > 0 else "max (closed loop)"
-
-
-def config_name(result: dict[str, Any]) -> str:
-    return f"{result['server']} {result['transport']} {rate_label(result['rate_hz'])}"
-
-
-def verdict(steps: dict[str, Any], e2e: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The runner against the floors (a: echo, b: bare run) at each transport and rate."""
-    bare = steps.get(FLOOR_B, {})
-    rows = []
-    for run in e2e:
-        if run["server"] != "runner":
-            continue
-        echo = next((r for r in e2e if r["server"] == FLOOR_A
-                     and r["transport"] == run["transport"] and r["rate_hz"] == run["rate_hz"]),
-                    None)
-        row: dict[str, Any] = {"transport": run["transport"], "rate": rate_label(run["rate_hz"]),
-                               "lost": run["lost"], "startup_s": run["startup_s"],
-                               "server_rss_mb": run.get("server_rss_mb")}
-        lat = run["latency_us"]
-        if echo is not None and bare and lat.get("count"):
-            for q in ("p50", "p99"):
-                floor = echo["latency_us"][q] + bare[q]
-                row[f"{q}_runner_us"] = lat[q]
-                row[f"{q}_floors_us"] = round(floor, 2)
-                row[f"{q}_ratio"] = round(lat[q] / floor, 3)
-        inside = run["in_server_us"]
-        if bare and inside.get("count"):
-            row["in_server_p50_us"] = inside["p50"]
-        path = steps.get(RUNNER_PATH, {})
-        if bare and path:
-            row["overhead_p50_us"] = round(path["p50"] - bare["p50"], 2)
-        rows.append(row)
-    return rows
-
-
-def render(report: dict[str, Any]) -> str:
+def render(report: BenchReport) -> str:
     """The report as text: platform, step latency, end-to-end table, verdict."""
     lines = [
         *render_platform(report, "lstm-stream bench"),
@@ -145,7 +33,7 @@ def render(report: dict[str, Any]) -> str:
         "step latency in process (us)",
         render_table(["", "p50", "p90", "p99", "p99.9", "max", "n"],
                      [[name, *(s.get(k, "") for k in (*QS, "count"))]
-                      for name, s in report["step"].items()]),
+                      for name, s in report.step.items()]),
         "",
         "end to end over ZeroMQ (us): sensor sent -> output received, same clock",
         render_table(["server", "transport", "rate", *QS, "sent", "lost", "jitter p99",
@@ -154,7 +42,7 @@ def render(report: dict[str, Any]) -> str:
                        *(r["latency_us"].get(k, "") for k in QS),
                        r["sent"], r["lost"], r["send_jitter_us"].get("p99", ""),
                        r.get("server_cpu_percent", ""), r.get("server_rss_mb", "")]
-                      for r in report["e2e"]]),
+                      for r in report.e2e]),
         "",
         "runner vs floors (a) bare ZeroMQ echo + (b) bare InferenceSession.run",
         render_table(["transport", "rate", "p50 runner", "p50 floors", "ratio", "p99 runner",
@@ -165,7 +53,7 @@ def render(report: dict[str, Any]) -> str:
                        r.get("p99_floors_us", ""), r.get("p99_ratio", ""),
                        r.get("in_server_p50_us", ""), r["lost"],
                        round(r["startup_s"], 3) if r["startup_s"] else "", r["server_rss_mb"]]
-                      for r in report["verdict"]]),
+                      for r in report.verdict]),
         "",
         "ratio: runner / (floor a + floor b); in runner p50: receive -> publish inside the "
         "live runner (its latency_ns).",
@@ -174,12 +62,12 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_platform(report: dict[str, Any], title: str) -> list[str]:
+def render_platform(report: ReportHeader, title: str) -> list[str]:
     """The platform record's lines that head every report: machine, software, settings."""
-    p, m = report["platform"], report["model"]
+    p, m = report.platform, report.model
     v, s = p["versions"], p["settings"]
     return [
-        f"{title}  {report['started']}",
+        f"{title}  {report.started}",
         f"machine   {p['cpu']}, {p['cores']} cores, governor {p['governor'] or 'n/a'}, "
         f"{p['kernel']} {p['machine']}",
         f"software  python {v['python']}, numpy {v['numpy']}, onnxruntime {v['onnxruntime']}, "
@@ -192,9 +80,9 @@ def render_platform(report: dict[str, Any], title: str) -> list[str]:
     ]
 
 
-def _overhead_line(report: dict[str, Any]) -> str:
-    bare = report["step"].get(FLOOR_B, {})
-    path = report["step"].get(RUNNER_PATH, {})
+def _overhead_line(report: BenchReport) -> str:
+    bare = report.step.get(FLOOR_B, {})
+    path = report.step.get(RUNNER_PATH, {})
     if not bare or not path:
         return ""
     return (f"runner overhead in process (decode + state + step + encode minus bare run), "
@@ -216,27 +104,27 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def save_raw(report: dict[str, Any], path: str | Path) -> None:
+def save_raw(report: BenchReport, path: str | Path) -> None:
     """Per-message end-to-end latencies (ns), one array per configuration, as .npz."""
-    arrays = {name.replace(" ", "_"): arr for name, arr in report["raw"].items()}
+    arrays: dict[str, Any] = {name.replace(" ", "_"): arr for name, arr in report.raw.items()}
     np.savez_compressed(path, **arrays)
 
 
-def plot(report: dict[str, Any], path: str | Path) -> None:
+def plot(report: BenchReport, path: str | Path) -> None:
     """Latency CDF per configuration (log x), one panel per rate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rates = sorted({r["rate_hz"] for r in report["e2e"]}, key=lambda r: (r == 0, r))
+    rates = sorted({r["rate_hz"] for r in report.e2e}, key=lambda r: (r == 0, r))
     fig, axes = plt.subplots(1, len(rates), figsize=(5.5 * len(rates), 4.2), squeeze=False)
     for ax, rate in zip(axes[0], rates, strict=True):
-        for run in report["e2e"]:
+        for run in report.e2e:
             if run["rate_hz"] != rate:
                 continue
             name = config_name(run)
-            lat = np.sort(report["raw"][name]) / 1e3
+            lat = np.sort(report.raw[name]) / 1e3
             if lat.size == 0:
                 continue
             ax.plot(lat, np.arange(1, lat.size + 1) / lat.size,
@@ -247,9 +135,138 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
         ax.set_title(rate_label(rate))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    m = report["model"]
+    m = report.model
     fig.suptitle(f"lstm-stream bench: {m['cell']} {m['layers']}x{m['hidden']}, "
-                 f"{report['platform']['cpu']}", fontsize=10)
+                 f"{report.platform['cpu']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- the throughput suite ---------------------------------------------------------
+
+
+def _rate(value: float | None) -> str:
+    return f"{value:,.0f}" if value is not None else "n/a"
+
+
+def _ms(latency_us: dict[str, Any], keys: tuple[str, ...]) -> list[Any]:
+    """Latencies at saturation are milliseconds (about window / rate): show them so."""
+    return [round(latency_us[k] / 1e3, 2) if k in latency_us else "" for k in keys]
+
+
+def _x(value: float | None) -> str:
+    return f"{value:.2f}x" if value is not None else "n/a"
+
+
+def render_throughput(report: ThroughputReport) -> str:
+    """The throughput report as text: platform, per-server table, floors, verdict."""
+    lat_cols = ("p50", "p90", "p99", "p99.9", "max")
+    lines = render_platform(report, "lstm-stream bench --throughput")
+    lines += [
+        "",
+        "floor b': bare batched InferenceSession.run in process (steps/s = batch / time "
+        "per run)",
+        render_table(["batch", "run p50 us", "run p99 us", "steps/s"],
+                     [[f["batch"], f["run_us"]["p50"], f["run_us"]["p99"],
+                       _rate(f["steps_per_s"])] for f in report.floor_b]),
+        "",
+        "throughput over ZeroMQ: steps/s, latency per message (ms, sensor sent -> output "
+        "received, same clock) with window messages in flight",
+        render_table(["streams", "server", "transport", "window", "steps/s",
+                      *lat_cols, "sent", "lost", "reord", "cpu %", "batch", "gen cpu %",
+                      "gen wait %", "limited by"],
+                     [[r["streams"], r["label"], r["transport"], r["window"],
+                       _rate(r["steps_per_s"]),
+                       *_ms(r["latency_us"], lat_cols), r["sent"], r["lost"],
+                       r["reordered"], r["server_cpu_percent"] or "",
+                       r["mean_batch"] or "", r["generator"]["process_cpu_percent"],
+                       r["generator"]["wait_percent"], r["limited_by"]]
+                      for r in report.throughput]),
+        "",
+        "runner (batched) vs floor a' (receive + decode), floor b' (bare batched run), "
+        "the unbatched runner and the naive onnxruntime server",
+        render_table(["transport", "streams", "runner steps/s", "floor a'", "ratio",
+                      "floor b' (batch)", "ratio", "max_batch 1", "batching gain",
+                      "naive-ort", "ratio", "mean batch", "lost", "reord", "limited by"],
+                     [[v["transport"], v["streams"], _rate(v["runner_steps_per_s"]),
+                       _rate(v["floor_a_steps_per_s"]), _x(v["ratio_to_floor_a"]),
+                       f"{_rate(v['floor_b_steps_per_s'])} ({v['floor_b_batch']})",
+                       _x(v["ratio_to_floor_b"]), _rate(v["unbatched_steps_per_s"]),
+                       _x(v["batching_gain"]), _rate(v["naive_ort_steps_per_s"]),
+                       _x(v["ratio_to_naive_ort"]), v["mean_batch"] or "n/a", v["lost"],
+                       v["reordered"], v["limited_by"]] for v in report.verdict]),
+        "",
+        "floor a': a Python server that only receives and msgpack-decodes each message and, so "
+        "that it can be counted, answers it with the same output map as the echo server (no "
+        "model, no state).",
+        "cpu %: the server process (all its threads). batch: steps per backend call (runner "
+        "status stepped / batches; empty when the runner does not report batches). gen cpu %: "
+        "the generator process (its thread and ZeroMQ's I/O thread); gen wait %: time it "
+        f"waited for outputs with its window full: below {GENERATOR_BOUND_WAIT:g} % the "
+        "generator, not the server, set the pace ('limited by').",
+        *_generator_lines(report.generator),
+        *_target_lines(report.verdict),
+    ]
+    return "\n".join(lines)
+
+
+def _generator_lines(g: dict[str, Any]) -> list[str]:
+    if not g:
+        return []
+    at = g["max_at"]
+    limited = ", ".join(g["limited_rows"]) or "none"
+    return [f"load generator: pushed up to {_rate(g['max_steps_per_s'])} steps/s "
+            f"({at['server']}, {at['streams']} streams, {at['transport']}), its thread "
+            f"{g['thread_cpu_percent']} % busy and {g['wait_percent']} % waiting for outputs, "
+            f"the whole process (with ZeroMQ's I/O thread) {g['process_cpu_percent']} % of a "
+            f"core; its thread's {g['cpu_us_per_message']} us of CPU per message make about "
+            f"{_rate(g['capacity_per_core_steps_per_s'])} messages/s on a core of its own. "
+            f"Rows limited by the generator: {limited}."]
+
+
+def _target_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Issue 8's target: at least 100,000 steps/s with 100 streams on one runner."""
+    return [f"target (>= 100,000 steps/s, 100 streams, one runner), {v['transport']}: "
+            f"{_rate(v['runner_steps_per_s'])} steps/s -> "
+            f"{'met' if v['runner_steps_per_s'] >= 100_000 else 'not met'}"
+            for v in rows if v["streams"] == 100]
+
+
+def plot_throughput(report: ThroughputReport, path: str | Path) -> None:
+    """Steps/s against streams (log-log), one line per server, floor (b') dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    transports = sorted({r["transport"] for r in report.throughput})
+    for transport in transports:
+        for kind in KNOWN_SERVERS:
+            rows = sorted((r for r in report.throughput
+                           if r["server"] == kind and r["transport"] == transport),
+                          key=lambda r: r["streams"])
+            if not rows:
+                continue
+            label = LABELS[kind] + (f" ({transport})" if len(transports) > 1 else "")
+            ax.plot([r["streams"] for r in rows], [r["steps_per_s"] for r in rows],
+                    marker="o", label=label)
+    streams = sorted({v["streams"] for v in report.verdict}
+                     or {r["streams"] for r in report.throughput})
+    by_batch = {f["batch"]: f["steps_per_s"] for f in report.floor_b}
+    limit = report.platform["settings"]["max_batch"]
+    ax.plot(streams, [by_batch.get(min(n, limit), np.nan) for n in streams], "k--",
+            label="floor b': bare batched run in process, batch min(streams, max_batch)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("streams")
+    ax.set_ylabel("steps per second")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the lines
+    m = report.model
+    ax.set_title(f"lstm-stream bench --throughput: {m['cell']} {m['layers']}x{m['hidden']}, "
+                 f"{report.platform['cpu']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -31,10 +31,8 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import msgpack
 import numpy as np
 import zmq
 
@@ -42,13 +40,12 @@ from lstm_stream.bench.e2e import (
     Endpoints,
     ServerProcess,
     endpoints,
-    generator_sockets,
     process_usage,
     server_process,
-    wait_until_served,
 )
+from lstm_stream.bench.load import ThroughputGenerator, default_window
 from lstm_stream.bench.platform import platform_record
-from lstm_stream.bench.report import model_record, render_platform, render_table
+from lstm_stream.bench.results import ThroughputReport, model_record
 from lstm_stream.bench.stats import summarize_ns
 from lstm_stream.bench.step import has_torch, time_calls
 from lstm_stream.core.config import BatchingConfig, StateConfig
@@ -71,10 +68,6 @@ LABELS = {
     "naive-ort": "naive onnxruntime server",
     "naive-torch": "naive torch server",
 }
-# Every server's input and output high-water marks are 10,000 messages (the runner's
-# defaults, servers.py): a window up to that can never make ZeroMQ drop a message.
-MAX_WINDOW = 10_000
-STALL_S = 5.0  # no output for this long with messages in flight: the server is stuck
 GENERATOR_BOUND_WAIT = 10.0  # % of the time waiting for outputs below which the
 # generator, not the server, set the pace
 
@@ -102,176 +95,6 @@ class ThroughputSettings:
     def batch_limit(self) -> int:
         """The batched runner's max_batch, which floor (b') takes as its batch."""
         return self.max_batch if self.max_batch is not None else BatchingConfig().max_batch
-
-
-def default_window(streams: int, max_batch: int) -> int:
-    """Messages in flight: 4 per stream, at least two full batches and at least 64.
-
-    Several messages per stream keep a message of every stream waiting at the
-    runner, so its batches can fill (two batches: one waiting while the other
-    is stepped); the floor of 64 keeps a single stream's pipeline full across
-    the ZeroMQ round trip through both I/O threads (hundreds of microseconds
-    under load), which a fast server answers many messages within.
-    """
-    return min(MAX_WINDOW, max(64, 2 * max_batch, 4 * streams))
-
-
-# -- the load generator -------------------------------------------------------
-
-
-@dataclass
-class Phase:
-    """What one run of the generator saw, and what it cost the generator."""
-
-    streams: int
-    window: int
-    sent: int
-    received: int
-    rejected: int
-    reordered: int
-    stalled: bool
-    elapsed_s: float  # first send to last output
-    latencies_ns: np.ndarray
-    thread_cpu_s: float  # the generator thread's CPU time
-    process_cpu_s: float  # the whole generator process (with ZeroMQ's I/O thread)
-    wait_s: float  # blocked waiting for outputs with the window full
-
-    def summary(self) -> dict[str, Any]:
-        elapsed = max(self.elapsed_s, 1e-9)
-        per_msg = self.thread_cpu_s / self.received * 1e6 if self.received else None
-        return {
-            "streams": self.streams, "window": self.window, "sent": self.sent,
-            "received": self.received, "lost": self.sent - self.received - self.rejected,
-            "rejected": self.rejected, "reordered": self.reordered, "stalled": self.stalled,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "steps_per_s": round(self.received / elapsed, 1),
-            "latency_us": summarize_ns(self.latencies_ns),
-            "generator": {
-                "thread_cpu_percent": round(100 * self.thread_cpu_s / elapsed, 1),
-                "process_cpu_percent": round(100 * self.process_cpu_s / elapsed, 1),
-                "wait_percent": round(100 * self.wait_s / elapsed, 1),
-                "cpu_us_per_message": round(per_msg, 2) if per_msg else None,
-                "messages_per_cpu_s": round(1e6 / per_msg) if per_msg else None,
-            },
-        }
-
-
-class ThroughputGenerator:
-    """Round-robin sensor messages over ``streams`` streams, ``window`` in flight.
-
-    One thread sends and receives: with two cores shared by the generator, the
-    server and both ZeroMQ I/O threads, a second generator thread would only
-    take CPU from the server, and one thread needs no locks for its counters.
-    """
-
-    def __init__(self, ctx: zmq.Context[Any], ends: Endpoints, n_features: int,
-                 streams: int, window: int) -> None:
-        # diagnostics too: rejections give credit back
-        self.pub, self.sub = generator_sockets(ctx, ends, b"policy", b"diagnostics")
-        rng = np.random.default_rng(0)
-        xs = [rng.normal(size=n_features).astype("<f4").tobytes() for _ in range(64)]
-        self.names = [f"bench/{i}" for i in range(streams)]
-        self.xs = [xs[i % 64] for i in range(streams)]
-        self.index = {name: i for i, name in enumerate(self.names)}
-        self.window = window
-        self.cursor = 0  # the stream the next message goes to
-        self.seq = 0  # the seq of the current round over the streams
-        self.expect = [0] * streams  # per stream: the next seq due in order
-        self.reordered = 0
-        self._pack = msgpack.Packer(use_bin_type=True).pack
-
-    def send(self, n: int) -> None:
-        """Send the next ``n`` messages of the round robin."""
-        names, xs, count = self.names, self.xs, len(self.names)
-        i, seq = self.cursor, self.seq
-        send, more, pack, clock = self.pub.send, zmq.SNDMORE, self._pack, time.monotonic_ns
-        for _ in range(n):
-            send(b"sensors", more)
-            send(pack({"stream": names[i], "seq": seq, "stamp_ns": clock(), "x": xs[i]}))
-            i += 1
-            if i == count:
-                i, seq = 0, seq + 1
-        self.cursor, self.seq = i, seq
-
-    def receive(self, latencies: list[int]) -> tuple[int, int]:
-        """Take every output already queued; returns (outputs, rejections)."""
-        recv, noblock = self.sub.recv, zmq.NOBLOCK
-        unpack, clock = msgpack.unpackb, time.monotonic_ns
-        index, expect, append = self.index, self.expect, latencies.append
-        outputs = rejections = 0
-        while True:
-            try:
-                topic = recv(noblock)
-            except zmq.Again:
-                return outputs, rejections
-            payload = recv()
-            now = clock()
-            body = unpack(payload)
-            if topic != b"policy":  # diagnostics: a rejection answers a message too
-                rejections += body.get("event") == "rejected"
-                continue
-            append(now - body["stamp_ns"])
-            j = index[body["stream"]]
-            seq = body["seq"]
-            if seq < expect[j]:
-                self.reordered += 1
-            else:
-                expect[j] = seq + 1
-            outputs += 1
-
-    def connect(self, timeout_s: float = 30.0) -> None:
-        """Wait for the server's subscription, then until outputs flow (slow joiner)."""
-        wait_until_served(self.pub, self.sub, timeout_s, lambda: self.send(1))
-        while self.sub.poll(200):  # the outputs of those first messages
-            self.sub.recv_multipart()
-        self.expect = [self.seq + (i < self.cursor) for i in range(len(self.names))]
-
-    def run(self, duration_s: float, stall_s: float = STALL_S) -> Phase:
-        """Keep ``window`` messages in flight for ``duration_s``, then collect the rest
-        (giving up on them after ``stall_s`` without any output: they count as lost)."""
-        window, poll, clock = self.window, self.sub.poll, time.monotonic_ns
-        latencies: list[int] = []
-        sent = answered = received = rejected = 0
-        wait_ns, stalled, reordered0 = 0, False, self.reordered
-        cpu0, proc0 = time.thread_time(), time.process_time()
-        start = last = clock()
-        end = start + int(duration_s * 1e9)
-        sending = True
-        while True:
-            if sending and clock() >= end:
-                sending = False
-            if sending:
-                credit = window - (sent - answered)
-                if credit > 0:
-                    self.send(credit)
-                    sent += credit
-            elif sent == answered:
-                break
-            outputs, rejections = self.receive(latencies)
-            if outputs or rejections:
-                received += outputs
-                rejected += rejections
-                answered += outputs + rejections
-                last = clock()
-                continue
-            t0 = clock()  # the window is full (or sending is over): wait for outputs
-            if not poll(int(stall_s * 1000)):
-                stalled = True
-                log.warning("no output for %g s with %d messages in flight; giving up",
-                            stall_s, sent - answered)
-                break
-            wait_ns += clock() - t0
-        return Phase(len(self.names), window, sent, received, rejected,
-                     self.reordered - reordered0, stalled, (last - start) / 1e9,
-                     np.asarray(latencies, np.int64), time.thread_time() - cpu0,
-                     time.process_time() - proc0, wait_ns / 1e9)
-
-    def close(self) -> None:
-        self.pub.close(0)
-        self.sub.close(0)
-
-
-# -- servers ----------------------------------------------------------------------
 
 
 def runner_sets(kind: str, streams: int, settings: ThroughputSettings) -> list[str]:
@@ -396,7 +219,7 @@ def batched_run(contract: ModelContract, batch: int, runs: int, warmup: int,
 
 
 def run_throughput(settings: ThroughputSettings,
-                   progress: Progress | None = None) -> dict[str, Any]:
+                   progress: Progress | None = None) -> ThroughputReport:
     """Every server at every stream count and transport, floor (b'), the verdict."""
     progress = progress or NullProgress()
     contract = load_contract(settings.model)
@@ -417,16 +240,12 @@ def run_throughput(settings: ThroughputSettings,
                                        contract.n_features))
         progress.advance(1, status=f"{server} {streams} streams {transport}")
     progress.close()
-    return {
-        "suite": "throughput",
-        "platform": platform_record(_settings_record(settings)),
-        "model": model_record(settings.model, contract),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-        "floor_b": floor_b,
-        "throughput": rows,
-        "verdict": verdict(rows, floor_b, settings.batch_limit),
-        "generator": generator_summary(rows),
-    }
+    return ThroughputReport(
+        platform=platform_record(_settings_record(settings)),
+        model=model_record(settings.model, contract),
+        started=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        floor_b=floor_b, throughput=rows, verdict=verdict(rows, floor_b, settings.batch_limit),
+        generator=generator_summary(rows))
 
 
 def _settings_record(s: ThroughputSettings) -> dict[str, Any]:
@@ -497,132 +316,3 @@ def generator_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "limited_rows": [f"{r['server']} {r['streams']} {r['transport']}" for r in rows
                          if r["limited_by"] == "generator"],
     }
-
-
-# -- text and plot ----------------------------------------------------------------
-
-
-def _rate(value: float | None) -> str:
-    return f"{value:,.0f}" if value is not None else "n/a"
-
-
-def _ms(latency_us: dict[str, Any], keys: tuple[str, ...]) -> list[Any]:
-    """Latencies at saturation are milliseconds (about window / rate): show them so."""
-    return [round(latency_us[k] / 1e3, 2) if k in latency_us else "" for k in keys]
-
-
-def _x(value: float | None) -> str:
-    return f"{value:.2f}x" if value is not None else "n/a"
-
-
-def render_throughput(report: dict[str, Any]) -> str:
-    """The throughput report as text: platform, per-server table, floors, verdict."""
-    lat_cols = ("p50", "p90", "p99", "p99.9", "max")
-    lines = render_platform(report, "lstm-stream bench --throughput")
-    lines += [
-        "",
-        "floor b': bare batched InferenceSession.run in process (steps/s = batch / time "
-        "per run)",
-        render_table(["batch", "run p50 us", "run p99 us", "steps/s"],
-                     [[f["batch"], f["run_us"]["p50"], f["run_us"]["p99"],
-                       _rate(f["steps_per_s"])] for f in report["floor_b"]]),
-        "",
-        "throughput over ZeroMQ: steps/s, latency per message (ms, sensor sent -> output "
-        "received, same clock) with window messages in flight",
-        render_table(["streams", "server", "transport", "window", "steps/s",
-                      *lat_cols, "sent", "lost", "reord", "cpu %", "batch", "gen cpu %",
-                      "gen wait %", "limited by"],
-                     [[r["streams"], r["label"], r["transport"], r["window"],
-                       _rate(r["steps_per_s"]),
-                       *_ms(r["latency_us"], lat_cols), r["sent"], r["lost"],
-                       r["reordered"], r["server_cpu_percent"] or "",
-                       r["mean_batch"] or "", r["generator"]["process_cpu_percent"],
-                       r["generator"]["wait_percent"], r["limited_by"]]
-                      for r in report["throughput"]]),
-        "",
-        "runner (batched) vs floor a' (receive + decode), floor b' (bare batched run), "
-        "the unbatched runner and the naive onnxruntime server",
-        render_table(["transport", "streams", "runner steps/s", "floor a'", "ratio",
-                      "floor b' (batch)", "ratio", "max_batch 1", "batching gain",
-                      "naive-ort", "ratio", "mean batch", "lost", "reord", "limited by"],
-                     [[v["transport"], v["streams"], _rate(v["runner_steps_per_s"]),
-                       _rate(v["floor_a_steps_per_s"]), _x(v["ratio_to_floor_a"]),
-                       f"{_rate(v['floor_b_steps_per_s'])} ({v['floor_b_batch']})",
-                       _x(v["ratio_to_floor_b"]), _rate(v["unbatched_steps_per_s"]),
-                       _x(v["batching_gain"]), _rate(v["naive_ort_steps_per_s"]),
-                       _x(v["ratio_to_naive_ort"]), v["mean_batch"] or "n/a", v["lost"],
-                       v["reordered"], v["limited_by"]] for v in report["verdict"]]),
-        "",
-        "floor a': a Python server that only receives and msgpack-decodes each message and, so "
-        "that it can be counted, answers it with the same output map as the echo server (no "
-        "model, no state).",
-        "cpu %: the server process (all its threads). batch: steps per backend call (runner "
-        "status stepped / batches; empty when the runner does not report batches). gen cpu %: "
-        "the generator process (its thread and ZeroMQ's I/O thread); gen wait %: time it "
-        f"waited for outputs with its window full: below {GENERATOR_BOUND_WAIT:g} % the "
-        "generator, not the server, set the pace ('limited by').",
-        *_generator_lines(report["generator"]),
-        *_target_lines(report["verdict"]),
-    ]
-    return "\n".join(lines)
-
-
-def _generator_lines(g: dict[str, Any]) -> list[str]:
-    if not g:
-        return []
-    at = g["max_at"]
-    limited = ", ".join(g["limited_rows"]) or "none"
-    return [f"load generator: pushed up to {_rate(g['max_steps_per_s'])} steps/s "
-            f"({at['server']}, {at['streams']} streams, {at['transport']}), its thread "
-            f"{g['thread_cpu_percent']} % busy and {g['wait_percent']} % waiting for outputs, "
-            f"the whole process (with ZeroMQ's I/O thread) {g['process_cpu_percent']} % of a "
-            f"core; its thread's {g['cpu_us_per_message']} us of CPU per message make about "
-            f"{_rate(g['capacity_per_core_steps_per_s'])} messages/s on a core of its own. "
-            f"Rows limited by the generator: {limited}."]
-
-
-def _target_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """Issue 8's target: at least 100,000 steps/s with 100 streams on one runner."""
-    return [f"target (>= 100,000 steps/s, 100 streams, one runner), {v['transport']}: "
-            f"{_rate(v['runner_steps_per_s'])} steps/s -> "
-            f"{'met' if v['runner_steps_per_s'] >= 100_000 else 'not met'}"
-            for v in rows if v["streams"] == 100]
-
-
-def plot_throughput(report: dict[str, Any], path: str | Path) -> None:
-    """Steps/s against streams (log-log), one line per server, floor (b') dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 4.8))
-    transports = sorted({r["transport"] for r in report["throughput"]})
-    for transport in transports:
-        for kind in KNOWN_SERVERS:
-            rows = sorted((r for r in report["throughput"]
-                           if r["server"] == kind and r["transport"] == transport),
-                          key=lambda r: r["streams"])
-            if not rows:
-                continue
-            label = LABELS[kind] + (f" ({transport})" if len(transports) > 1 else "")
-            ax.plot([r["streams"] for r in rows], [r["steps_per_s"] for r in rows],
-                    marker="o", label=label)
-    streams = sorted({v["streams"] for v in report["verdict"]}
-                     or {r["streams"] for r in report["throughput"]})
-    by_batch = {f["batch"]: f["steps_per_s"] for f in report["floor_b"]}
-    limit = report["platform"]["settings"]["max_batch"]
-    ax.plot(streams, [by_batch.get(min(n, limit), np.nan) for n in streams], "k--",
-            label="floor b': bare batched run in process, batch min(streams, max_batch)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("streams")
-    ax.set_ylabel("steps per second")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the lines
-    m = report["model"]
-    ax.set_title(f"lstm-stream bench --throughput: {m['cell']} {m['layers']}x{m['hidden']}, "
-                 f"{report['platform']['cpu']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

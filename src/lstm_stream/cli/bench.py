@@ -9,6 +9,18 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from lstm_stream.bench.latency import BenchSettings, run_bench
+from lstm_stream.bench.load import MAX_WINDOW
+from lstm_stream.bench.report import plot, plot_throughput, render, render_throughput, save_raw
+from lstm_stream.bench.results import BenchReport, ThroughputReport
+from lstm_stream.bench.throughput import (
+    KNOWN_SERVERS,
+    SERVERS,
+    ThroughputSettings,
+    run_throughput,
+)
+from lstm_stream.core.progress import TerminalProgress
+
 EPILOG = """\
 examples:
   lstm-stream bench                                   # everything, a few minutes
@@ -83,9 +95,6 @@ def _error(message: str) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from lstm_stream.bench.report import BenchSettings, plot, render, run_bench, save_raw
-    from lstm_stream.core.progress import TerminalProgress
-
     if args.throughput:
         return _throughput(args)
     given = [name for name, value in (("--streams", args.streams), ("--window", args.window),
@@ -112,11 +121,11 @@ def _bench(args: argparse.Namespace) -> int:
     report = run_bench(settings, TerminalProgress())
     out = _text_stream(args)
     print(render(report), file=out)
-    rt = {r["realtime"] for r in report["e2e"]}
+    rt = {r["realtime"] for r in report.e2e}
     for note in rt - {"not requested"}:
         print(f"real-time priority: {note}", file=out)
     if args.json:
-        _write_json({k: v for k, v in report.items() if k != "raw"}, args.json)
+        _write_json(report.to_json(), args.json)
     if args.raw:
         save_raw(report, args.raw)
         print(f"wrote {args.raw}", file=out)
@@ -137,7 +146,7 @@ def _write_json(report: dict[str, Any], path: str) -> None:
     print(f"wrote {path}")
 
 
-def _write_plot(plotter: Callable[[dict[str, Any], str], None], report: dict[str, Any],
+def _write_plot(plotter: Callable[[Any, str], None], report: BenchReport | ThroughputReport,
                 path: str | None, out: TextIO) -> int:
     if not path:
         return 0
@@ -169,17 +178,6 @@ def _streams(given: str) -> tuple[int, ...]:
 
 
 def _throughput(args: argparse.Namespace) -> int:
-    from lstm_stream.bench.throughput import (
-        KNOWN_SERVERS,
-        MAX_WINDOW,
-        SERVERS,
-        ThroughputSettings,
-        plot_throughput,
-        render_throughput,
-        run_throughput,
-    )
-    from lstm_stream.core.progress import TerminalProgress
-
     given = [name for name, value in (("--rate", args.rate), ("--raw", args.raw))
              if value is not None]
     if given:
@@ -212,8 +210,8 @@ def _throughput(args: argparse.Namespace) -> int:
     report = run_throughput(settings, TerminalProgress())
     out = _text_stream(args)
     print(render_throughput(report), file=out)
-    for note in {r["realtime"] for r in report["throughput"]} - {"not requested"}:
+    for note in {r["realtime"] for r in report.throughput} - {"not requested"}:
         print(f"real-time priority: {note}", file=out)
     if args.json:
-        _write_json(report, args.json)
+        _write_json(report.to_json(), args.json)
     return _write_plot(plot_throughput, report, args.plot, out)

@@ -1,0 +1,80 @@
+"""What the benchmarks measured, as types; plain JSON only at the edge (``to_json``).
+
+The measurements inside (latency summaries, rows of a table) are the dicts that
+``stats.summarize_ns`` and the suites build; the reports that hold them are
+dataclasses, so the renderers and the CLI name what they read.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from lstm_stream.core.contract import ModelContract
+
+
+@dataclass
+class ReportHeader:
+    """What heads every report: the machine and settings, the model, when it ran."""
+
+    platform: dict[str, Any]  # platform.platform_record
+    model: dict[str, Any]  # model_record
+    started: str  # local time, ISO 8601
+
+
+@dataclass
+class BenchReport(ReportHeader):
+    """``lstm-stream bench``: step latencies, end-to-end runs and the verdict."""
+
+    step: dict[str, dict[str, Any]]  # name -> latency summary (us)
+    e2e: list[dict[str, Any]]  # one run per server, transport and rate
+    verdict: list[dict[str, Any]]  # the runner against the floors
+    raw: dict[str, np.ndarray] = field(default_factory=dict)  # config name -> latencies (ns)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as ``--json`` writes it (without the raw latencies)."""
+        return {"platform": self.platform, "model": self.model, "started": self.started,
+                "step": self.step, "e2e": self.e2e, "verdict": self.verdict}
+
+
+@dataclass
+class ThroughputReport(ReportHeader):
+    """``lstm-stream bench --throughput``: floor (b'), every server's row, the verdict."""
+
+    floor_b: list[dict[str, Any]]
+    throughput: list[dict[str, Any]]
+    verdict: list[dict[str, Any]]
+    generator: dict[str, Any]  # what the load generator pushed and what it cost
+
+    def to_json(self) -> dict[str, Any]:
+        return {"suite": "throughput", "platform": self.platform, "model": self.model,
+                "started": self.started, "floor_b": self.floor_b,
+                "throughput": self.throughput, "verdict": self.verdict,
+                "generator": self.generator}
+
+
+def model_record(path: str, contract: ModelContract) -> dict[str, Any]:
+    """The model's identity and shape, as every report records it."""
+    state = contract.states[0]
+    return {"path": path, "sha256": contract.sha256, "cell": contract.cell,
+            "layers": state.layers, "hidden": state.hidden, "features": contract.n_features,
+            "outputs": contract.n_outputs,
+            "sensor_payload_bytes": sensor_payload_bytes(contract.n_features)}
+
+
+def sensor_payload_bytes(n_features: int) -> int:
+    body = {"stream": "bench/0", "seq": 1_000_000, "stamp_ns": time.monotonic_ns(),
+            "x": b"\x00" * 4 * n_features}
+    return len(msgpack.packb(body))
+
+
+def rate_label(rate: float) -> str:
+    return f"{rate:g} Hz" if rate > 0 else "max (closed loop)"
+
+
+def config_name(result: dict[str, Any]) -> str:
+    return f"{result['server']} {result['transport']} {rate_label(result['rate_hz'])}"
