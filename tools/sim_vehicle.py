@@ -229,7 +229,7 @@ def _card(args: argparse.Namespace) -> int:
     import torch
 
     from lstm_stream.core.contract import load_contract
-    from lstm_stream.train.loop import load_checkpoint, model_from_checkpoint
+    from lstm_stream.train.checkpoint import load_checkpoint, model_from_checkpoint
 
     best = args.run / "best.pt"
     ckpt = load_checkpoint(best)

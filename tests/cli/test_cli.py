@@ -117,6 +117,7 @@ SHARED_BY = {
     "evaluate/report.py": ("eval",),
     "evaluate/ray.py": ("eval",),
     "logs/record.py": ("record",),
+    "logs/replay_options.py": ("replay",),
     "logs/recover.py": ("log recover",),
     "core/model_io.py": ("serve", "eval", "info", "check"),
     "core/backends/torch.py": ("check",),

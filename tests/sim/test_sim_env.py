@@ -28,7 +28,7 @@ from lstm_stream.sim.loop import (
     wait_subscribers,
 )
 from lstm_stream.train.config import DataConfig
-from lstm_stream.train.data import LogSource
+from lstm_stream.train.log_data import LogSource
 
 
 def observations(sim: LaneKeepingSim, seed: int, steer: float, ticks: int = 20) -> np.ndarray:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lstm_stream.train.loop import load_checkpoint
+from lstm_stream.train.checkpoint import load_checkpoint
 
 from helpers.support import REPO
 

@@ -14,9 +14,9 @@ import torch
 import zmq
 
 from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.train.checkpoint import load_checkpoint, model_from_checkpoint
 from lstm_stream.train.config import load_train_config
 from lstm_stream.train.data import load_dataset
-from lstm_stream.train.loop import load_checkpoint, model_from_checkpoint
 
 from helpers.support import REPO, VehicleStack, run_python, serve_process
 

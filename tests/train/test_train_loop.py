@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from lstm_stream.train.checkpoint import load_checkpoint
 from lstm_stream.train.config import TrainConfig, load_train_config
 from lstm_stream.train.data import load_dataset
-from lstm_stream.train.loop import evaluate, fit, load_checkpoint
+from lstm_stream.train.loop import evaluate, fit
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,8 +9,14 @@ from __future__ import annotations
 import os
 import platform as _platform
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+
+import msgpack
+import numpy
+import onnxruntime
+import zmq
 
 
 def cpu_model() -> str:
@@ -34,17 +40,10 @@ def governor() -> str | None:
 
 
 def versions() -> dict[str, str]:
-    import msgpack
-    import numpy
-    import onnxruntime
-    import zmq
-
     out = {"python": sys.version.split()[0], "numpy": numpy.__version__,
            "onnxruntime": onnxruntime.__version__, "pyzmq": zmq.__version__,
            "libzmq": zmq.zmq_version(), "msgpack": ".".join(map(str, msgpack.version))}
     try:
-        from importlib.metadata import version
-
         out["torch"] = version("torch")
     except Exception:
         out["torch"] = "not installed"

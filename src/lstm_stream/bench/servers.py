@@ -26,6 +26,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import onnxruntime as ort
 import zmq
 
 from lstm_stream.core.contract import load_contract
@@ -45,8 +46,6 @@ def echo_step(n_outputs: int) -> Step:
 
 
 def naive_ort_step(model: str) -> Step:
-    import onnxruntime as ort
-
     contract = load_contract(model)
     sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     zero = {s.input: np.zeros((s.layers, 1, s.hidden), np.float32) for s in contract.states}

@@ -6,18 +6,22 @@ monotonic clock around the call only, after a discarded warm-up.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 import numpy as np
+import onnxruntime as ort
 
 from lstm_stream.bench.stats import summarize_ns
 from lstm_stream.core.backends import BackendName, create_backend
 from lstm_stream.core.backends.onnxruntime import session_options
 from lstm_stream.core.contract import ModelContract
 from lstm_stream.core.errors import BackendError
-from lstm_stream.core.protocol import Rejection
+from lstm_stream.core.protocol import Rejection, encode_output, encode_sensor
+from lstm_stream.core.stepper import StreamStepper
 
 RUNNER_PATH = "runner in process: decode + state + step + encode"
 FLOOR_B_PACED = "bare InferenceSession.run, 1 ms apart"
@@ -68,8 +72,6 @@ def bare_run(contract: ModelContract, steps: int, warmup: int, threads: int = 1,
              idle_s: float = 0.0) -> np.ndarray:
     """Floor (b): ``InferenceSession.run`` alone, latency-tuned options, state fed back
     (``idle_s``: sleep before each call, see :func:`time_calls`)."""
-    import onnxruntime as ort
-
     sess = ort.InferenceSession(str(contract.path), sess_options=session_options(threads),
                                 providers=["CPUExecutionProvider"])
     x, states = _inputs(contract, 1)
@@ -93,11 +95,6 @@ def runner_path(contract: ModelContract, steps: int, warmup: int,
     wire messages of one stream, so that its difference to :func:`bare_run` is
     the runner's overhead measured under the same conditions as the floor.
     """
-    import msgpack
-
-    from lstm_stream.core.protocol import encode_output, encode_sensor
-    from lstm_stream.core.stepper import StreamStepper
-
     backend = create_backend(BackendName.ONNXRUNTIME, contract, threads=threads)
     stepper = StreamStepper(contract, backend, max_streams=16, idle_timeout_s=1e6)
     packer = msgpack.Packer(use_bin_type=True)
@@ -121,8 +118,6 @@ def runner_path(contract: ModelContract, steps: int, warmup: int,
 
 def naive_ort(contract: ModelContract, steps: int, warmup: int) -> np.ndarray:
     """What a user writes first: a default ``InferenceSession`` and a feed dict per call."""
-    import onnxruntime as ort
-
     sess = ort.InferenceSession(str(contract.path), providers=["CPUExecutionProvider"])
     x, states = _inputs(contract, 1)
     holder = {s.input: a for s, a in zip(contract.states, states, strict=True)}
@@ -190,6 +185,4 @@ def step_suite(contract: ModelContract, *, steps: int, warmup: int, batches: tup
 
 
 def has_torch() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("torch") is not None

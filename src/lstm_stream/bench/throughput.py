@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import zmq
 
 from lstm_stream.bench.e2e import (
@@ -48,6 +49,7 @@ from lstm_stream.bench.platform import platform_record
 from lstm_stream.bench.results import ThroughputReport, model_record
 from lstm_stream.bench.stats import summarize_ns
 from lstm_stream.bench.step import has_torch, time_calls
+from lstm_stream.core.backends.onnxruntime import session_options
 from lstm_stream.core.config import BatchingConfig, StateConfig
 from lstm_stream.core.contract import ModelContract, load_contract
 from lstm_stream.core.errors import LstmStreamError
@@ -191,10 +193,6 @@ def batched_run(contract: ModelContract, batch: int, runs: int, warmup: int,
     No server can step faster than this with batches of this size: it is the
     arithmetic plus onnxruntime's fixed cost per call, with nothing around it.
     """
-    import onnxruntime as ort
-
-    from lstm_stream.core.backends.onnxruntime import session_options
-
     sess = ort.InferenceSession(str(contract.path), sess_options=session_options(threads),
                                 providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import zmq.auth
+
+from lstm_stream.serve.security.curve import generate_keys
+
 KEYS_EPILOG = """\
 examples:
   lstm-stream keys generate keys/ --name runner      # the runner's pair
@@ -28,10 +32,6 @@ def add_commands(sub: Any) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import zmq.auth
-
-    from lstm_stream.serve.security.curve import generate_keys
-
     public, secret = generate_keys(args.directory, args.name)
     key, _ = zmq.auth.load_certificate(public)
     print(f"public key  {public}  ({key.decode()})")

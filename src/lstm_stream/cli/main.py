@@ -17,8 +17,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lstm_stream import __version__
+from lstm_stream.cli.info import describe, render
 from lstm_stream.core.backends import BackendName
+from lstm_stream.core.config import load_runner_config
 from lstm_stream.core.errors import LstmStreamError
+from lstm_stream.demo import DemoReport, DemoTick, default_model, run_demo, write_demo_plot
+from lstm_stream.evaluate.check import check_model
+from lstm_stream.serve.client import control_request
+from lstm_stream.serve.runner import Runner
+from lstm_stream.serve.security.curve import ClientKeys
 
 log = logging.getLogger("lstm_stream.cli.main")
 
@@ -178,8 +185,6 @@ def _shard_arg(text: str) -> tuple[int, int]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from lstm_stream.core.config import load_runner_config
-    from lstm_stream.serve.runner import Runner
 
     named = {"model.path": args.model, "input.endpoint": args.input,
              "input.bind": args.input_bind, "output.endpoint": args.output,
@@ -221,8 +226,6 @@ def _add_info(sub: Any) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from lstm_stream.cli.info import describe, render
-    from lstm_stream.core.config import load_runner_config
 
     overrides, labels = model_io_overrides(args)
     io = load_runner_config(args.config, overrides, labels).model.io.declared()
@@ -266,8 +269,6 @@ def _add_check(sub: Any) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from lstm_stream.core.config import load_runner_config
-    from lstm_stream.evaluate.check import check_model
 
     if args.sequences < 1 or args.steps < 1:
         print("lstm-stream check: error: --sequences and --steps must be at least 1",
@@ -303,8 +304,6 @@ def _add_control(sub: Any) -> None:
 
 
 def _control(args: argparse.Namespace) -> int:
-    from lstm_stream.serve.client import control_request
-    from lstm_stream.serve.security.curve import ClientKeys
 
     if (args.client_key is None) != (args.server_key is None):
         print("lstm-stream control: error: give both --client-key and --server-key, or "
@@ -338,7 +337,6 @@ def _add_demo(sub: Any) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from lstm_stream.demo import DemoReport, DemoTick, default_model, run_demo, write_demo_plot
 
     if args.rate < 0:
         print("lstm-stream demo: error: --rate must be 0 (as fast as possible) or positive; "

@@ -7,15 +7,13 @@ Python vehicle stacks.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import msgpack
 import zmq
 
 from lstm_stream.core.errors import LstmStreamError
-
-if TYPE_CHECKING:
-    from lstm_stream.serve.security.curve import ClientKeys
+from lstm_stream.serve.security.curve import ClientKeys
 
 
 class ControlError(LstmStreamError):
@@ -34,8 +32,6 @@ def control_request(endpoint: str, request: dict[str, Any], *, timeout_s: float 
     files named by LSTM_STREAM_CLIENT_KEY and LSTM_STREAM_SERVER_KEY are used if
     set (docs/security.md).
     """
-    from lstm_stream.serve.security.curve import ClientKeys
-
     keys = curve if curve is not None else ClientKeys.from_env()
     ctx = context or zmq.Context.instance()
     with ctx.socket(zmq.REQ) as sock:

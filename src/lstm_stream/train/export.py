@@ -28,15 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from lstm_stream.core import cell
 from lstm_stream.core.backends.base import BackendName, StepFn, step_sequences
+from lstm_stream.core.backends.numpy import NumpyBackend
+from lstm_stream.core.backends.onnxruntime import session_options
 from lstm_stream.core.cell import CellKind
 from lstm_stream.core.contract import ModelContract, contract_from_graph
 from lstm_stream.core.errors import ExportError, LstmStreamError
 from lstm_stream.core.onnx_proto import read_model
-from lstm_stream.train.loop import load_checkpoint, model_from_checkpoint
+from lstm_stream.train.checkpoint import load_checkpoint, model_from_checkpoint
 from lstm_stream.train.model import SequenceModel
 
 log = logging.getLogger(__name__)
@@ -246,11 +249,6 @@ def _contract(data: bytes) -> ModelContract:
 
 
 def _steppers(data: bytes, contract: ModelContract) -> list[tuple[str, StepFn]]:
-    import onnxruntime as ort
-
-    from lstm_stream.core.backends.numpy import NumpyBackend
-    from lstm_stream.core.backends.onnxruntime import session_options
-
     session = ort.InferenceSession(data, sess_options=session_options(1),
                                    providers=["CPUExecutionProvider"])
     names = [s.input for s in contract.states]

@@ -17,68 +17,23 @@ from __future__ import annotations
 
 import logging
 import operator
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from lstm_stream.core import cell
+from lstm_stream.core.backends.array_ops import ArrayOps, Kernel
 from lstm_stream.core.backends.base import StepBackend
+from lstm_stream.core.backends.recurrent import gru_kernel, lstm_kernel
 from lstm_stream.core.contract import ModelContract
 from lstm_stream.core.errors import BackendError, UnsupportedOperatorError
 from lstm_stream.core.onnx_proto import DTYPES, Node, OnnxModel, read_model
 
 log = logging.getLogger(__name__)
 
-Kernel = Callable[[list[Any]], list[Any]]  # input values ('' inputs as None) -> outputs
 IntsGetter = Callable[[list[Any]], list[int] | None]
 
 _CAST_TYPES = {1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13}  # float and integer TensorProto types
-
-
-class ArrayOps(ABC):
-    """What an array library must provide; values are its arrays (numpy or torch)."""
-
-    @abstractmethod
-    def from_numpy(self, array: np.ndarray) -> Any: ...
-    @abstractmethod
-    def to_numpy(self, value: Any) -> np.ndarray: ...
-    @abstractmethod
-    def ints(self, value: Any) -> list[int]: ...
-    @abstractmethod
-    def int64(self, values: list[int]) -> Any: ...
-    @abstractmethod
-    def zeros(self, shape: tuple[int, ...], like: Any) -> Any: ...
-    @abstractmethod
-    def getitem(self, value: Any, index: tuple[Any, ...]) -> Any: ...
-    @abstractmethod
-    def transpose(self, value: Any, perm: list[int]) -> Any: ...
-    @abstractmethod
-    def concat(self, values: list[Any], axis: int) -> Any: ...
-    @abstractmethod
-    def div(self, a: Any, b: Any) -> Any: ...
-    @abstractmethod
-    def cast(self, value: Any, dtype: np.dtype[Any]) -> Any: ...
-    @abstractmethod
-    def relu(self, value: Any) -> Any: ...
-    @abstractmethod
-    def tanh(self, value: Any) -> Any: ...
-    @abstractmethod
-    def sigmoid(self, value: Any) -> Any: ...
-    @abstractmethod
-    def softmax(self, value: Any, axis: int) -> Any: ...
-    @abstractmethod
-    def prepare_lstm(self, weights: cell.LstmWeights) -> Any: ...
-    @abstractmethod
-    def lstm(self, prepared: Any, xs: Any, h: Any, c: Any) -> tuple[Any, Any, Any]:
-        """xs (T, B, I), h and c (B, H) -> (ys (T, B, H), h_T, c_T)."""
-
-    @abstractmethod
-    def prepare_gru(self, weights: cell.GruWeights) -> Any: ...
-    @abstractmethod
-    def gru(self, prepared: Any, xs: Any, h: Any) -> tuple[Any, Any]:
-        """xs (T, B, I), h (B, H) -> (ys (T, B, H), h_T)."""
 
 
 class GraphProgram:
@@ -352,87 +307,6 @@ def _cast(node: Node, p: GraphProgram) -> Kernel:
     return lambda ins: [cast(ins[0], dtype)]
 
 
-def _recurrent_attributes(node: Node, p: GraphProgram, activations: list[str]) -> None:
-    """Refuse what the cell maths does not implement; return the hidden size."""
-    attrs = node.attributes
-    checks = [
-        ("direction", attrs.get("direction", "forward"), "forward"),
-        ("layout", attrs.get("layout", 0), 0),
-        ("input_forget", attrs.get("input_forget", 0), 0),
-        ("clip", attrs.get("clip"), None),
-        ("activation_alpha", attrs.get("activation_alpha"), None),
-        ("activation_beta", attrs.get("activation_beta"), None),
-    ]
-    given = attrs.get("activations")
-    checks.append(("activations", given, given if given in (None, activations) else activations))
-    for name, got, want in checks:
-        if got != want:
-            raise p.fail(node, f"attribute {name!r}", f"is {got!r} (only {want!r} is supported)")
-    for i, what in ((4, "sequence_lens"), (7, "P (peepholes)")):
-        if i < len(node.inputs) and node.inputs[i]:
-            raise p.fail(node, f"input {what}", "is given (it must be omitted)")
-    for i, what in ((1, "W"), (2, "R"), (3, "B")):
-        given = i < len(node.inputs) and bool(node.inputs[i])
-        if (given or i < 3) and p.const(node, i) is None:
-            raise p.fail(node, f"input {what}", "must be a constant (an initializer)")
-
-
-def _check_hidden(node: Node, hidden: int) -> None:
-    declared = node.attributes.get("hidden_size")
-    if declared is not None and declared != hidden:
-        raise BackendError(
-            f"{node.op_type} node {node.name!r} declares hidden_size={declared} but its "
-            f"weights R are for hidden size {hidden}; the model is inconsistent."
-        )
-
-
-def _lstm(node: Node, p: GraphProgram) -> Kernel:
-    _recurrent_attributes(node, p, ["Sigmoid", "Tanh", "Tanh"])
-    W, R, B = (p.const(node, i) for i in (1, 2, 3))
-    assert W is not None and R is not None
-    try:
-        weights = cell.lstm_from_onnx(W.astype(np.float32), R.astype(np.float32),
-                                      None if B is None else B.astype(np.float32))  # fmt: skip
-    except ValueError as err:
-        raise BackendError(f"LSTM node {node.name!r} has malformed weights: {err}") from err
-    _check_hidden(node, weights.hidden)
-    prepared, ops, hidden = p.ops.prepare_lstm(weights), p.ops, weights.hidden
-
-    def run(ins: list[Any]) -> list[Any]:
-        xs = ins[0]  # (T, B, I)
-        steps, batch = xs.shape[0], xs.shape[1]
-        h0 = ins[5] if len(ins) > 5 and ins[5] is not None else ops.zeros((1, batch, hidden), xs)
-        c0 = ins[6] if len(ins) > 6 and ins[6] is not None else ops.zeros((1, batch, hidden), xs)
-        ys, h, c = ops.lstm(prepared, xs, h0[0], c0[0])
-        # ONNX shapes: Y (T, directions, B, H), Y_h and Y_c (directions, B, H).
-        return [ys.reshape((steps, 1, batch, hidden)), h[None], c[None]]
-
-    return run
-
-
-def _gru(node: Node, p: GraphProgram) -> Kernel:
-    _recurrent_attributes(node, p, ["Sigmoid", "Tanh"])
-    W, R, B = (p.const(node, i) for i in (1, 2, 3))
-    assert W is not None and R is not None
-    lbr = int(node.attributes.get("linear_before_reset", 0))
-    try:
-        weights = cell.gru_from_onnx(W.astype(np.float32), R.astype(np.float32),
-                                     None if B is None else B.astype(np.float32), lbr)  # fmt: skip
-    except ValueError as err:
-        raise BackendError(f"GRU node {node.name!r} has malformed weights: {err}") from err
-    _check_hidden(node, weights.hidden)
-    prepared, ops, hidden = p.ops.prepare_gru(weights), p.ops, weights.hidden
-
-    def run(ins: list[Any]) -> list[Any]:
-        xs = ins[0]
-        steps, batch = xs.shape[0], xs.shape[1]
-        h0 = ins[5] if len(ins) > 5 and ins[5] is not None else ops.zeros((1, batch, hidden), xs)
-        ys, h = ops.gru(prepared, xs, h0[0])
-        return [ys.reshape((steps, 1, batch, hidden)), h[None]]
-
-    return run
-
-
 BUILDERS: dict[str, Builder] = {
     "Identity": lambda node, p: lambda ins: [ins[0]],
     "Constant": _constant,
@@ -456,6 +330,6 @@ BUILDERS: dict[str, Builder] = {
     "Transpose": _transpose,
     "Shape": _shape,
     "Cast": _cast,
-    "LSTM": _lstm,
-    "GRU": _gru,
+    "LSTM": lstm_kernel,
+    "GRU": gru_kernel,
 }

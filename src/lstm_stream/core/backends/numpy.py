@@ -14,8 +14,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lstm_stream.core import cell
+from lstm_stream.core.backends.array_ops import ArrayOps
 from lstm_stream.core.backends.base import BackendName
-from lstm_stream.core.backends.graph import ArrayOps, GraphBackend
+from lstm_stream.core.backends.graph import GraphBackend
 from lstm_stream.core.contract import ModelContract
 
 

@@ -1,0 +1,141 @@
+"""Training data from a recorded MCAP log: sensor messages give ``x``, target messages ``y``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from lstm_stream.core.errors import TrainingError
+from lstm_stream.logs.reader import LogReader
+from lstm_stream.train.config import DataConfig
+from lstm_stream.train.episodes import Episodes
+
+
+class LogSource:
+    """Episodes from a recorded MCAP log, read through ``lstm_stream.logs.reader.LogReader``.
+
+    Sensor messages (wire protocol v1 payloads on ``data.sensor_topic``) give ``x``;
+    target messages on ``data.target_topic`` (msgpack maps with ``stream``, ``seq``
+    and a numeric array under ``data.target_key``) give ``y``. A target is matched
+    to the sensor message with the same (stream, seq), or with ``align = "time"``
+    the latest target of the stream logged at or before the sensor message. An
+    episode is one stream between resets (``reset: true``) and seq gaps larger
+    than ``1 + data.max_gap``; sensor messages with no target are dropped.
+    """
+
+    def __init__(self, data: DataConfig) -> None:
+        self.data = data
+        self.path = Path(data.path)
+
+    def read(self) -> Episodes:
+        sensors: list[tuple[str, int, int, np.ndarray, bool]] = []
+        targets: dict[str, list[tuple[int, int, np.ndarray]]] = {}
+        try:
+            reader = LogReader(self.path)
+            topics = [self.data.sensor_topic, self.data.target_topic]
+            reader.require_msgpack(topics)
+            for msg in reader.messages(topics=topics):
+                if msg.topic == self.data.sensor_topic:
+                    sensors.append(self._sensor(msg.data, msg.log_time_ns, msg.sequence))
+                else:
+                    stream, seq, y = self._target(msg.data, msg.sequence)
+                    targets.setdefault(stream, []).append((seq, msg.log_time_ns, y))
+        except TrainingError:
+            raise
+        except Exception as err:  # the reader's own errors, named with the file
+            raise TrainingError(f"Could not read log {str(self.path)!r}: {err}.") from err
+        return self._episodes(sensors, targets)
+
+    def _fail(self, sequence: int, what: str) -> TrainingError:
+        return TrainingError(f"Log {str(self.path)!r}, message {sequence}: {what}.")
+
+    def _map(self, payload: bytes, sequence: int) -> dict[str, Any]:
+        try:
+            body = msgpack.unpackb(payload, raw=False)
+        except Exception as err:
+            raise self._fail(sequence, f"payload is not msgpack ({err})") from err
+        if not isinstance(body, dict) or "seq" not in body:
+            raise self._fail(sequence, "payload is not a msgpack map with a 'seq' key")
+        return body
+
+    def _sensor(self, payload: bytes, t_ns: int,
+                sequence: int) -> tuple[str, int, int, np.ndarray, bool]:
+        body = self._map(payload, sequence)
+        x = body.get("x")
+        if isinstance(x, bytes):
+            arr = np.frombuffer(x, dtype="<f4").astype(np.float32)
+        elif isinstance(x, list):
+            arr = np.asarray(x, dtype=np.float32)
+        elif isinstance(x, dict) and self.data.features:
+            try:
+                arr = np.asarray([x[name] for name in self.data.features], dtype=np.float32)
+            except KeyError as err:
+                raise self._fail(sequence, f"'x' lacks feature {err.args[0]!r}") from None
+        else:
+            raise self._fail(sequence, "'x' must be bin float32, an array, or a map of the "
+                             "names in data.features")
+        stream = str(body.get("stream", self.data.sensor_topic))
+        return stream, int(body["seq"]), t_ns, arr, bool(body.get("reset", False))
+
+    def _target(self, payload: bytes, sequence: int) -> tuple[str, int, np.ndarray]:
+        body = self._map(payload, sequence)
+        key = self.data.target_key
+        value = body.get(key)
+        if isinstance(value, int | float):
+            value = [value]
+        if not isinstance(value, list):
+            raise self._fail(sequence, f"target message has no numeric array under {key!r} "
+                             "(data.target_key)")
+        stream = str(body.get("stream", self.data.target_topic))
+        return stream, int(body["seq"]), np.asarray(value, dtype=np.float32)
+
+    def _episodes(self, sensors: list[tuple[str, int, int, np.ndarray, bool]],
+                  targets: dict[str, list[tuple[int, int, np.ndarray]]]) -> Episodes:
+        by_seq = {(s, seq): y for s, rows in targets.items() for seq, _, y in rows}
+        current: dict[str, tuple[list[np.ndarray], list[np.ndarray], int]] = {}
+        xs: list[np.ndarray] = []
+        ys: list[np.ndarray] = []
+
+        def close(stream: str) -> None:
+            ex, ey, _ = current.pop(stream)
+            if ex:
+                xs.append(np.stack(ex))
+                ys.append(np.stack(ey))
+
+        for stream, seq, t_ns, x, reset in sensors:
+            y = by_seq.get((stream, seq)) if self.data.align == "seq" else \
+                self._earlier(targets.get(stream, []), t_ns)
+            if y is None:
+                continue  # no label: dropped, and the seq jump below ends the episode
+            if stream in current and (reset or seq - current[stream][2] > 1 + self.data.max_gap
+                                      or seq <= current[stream][2]):
+                close(stream)
+            ex, ey, _ = current.get(stream, ([], [], seq))
+            ex.append(x)
+            ey.append(y)
+            current[stream] = (ex, ey, seq)
+        for stream in list(current):
+            close(stream)
+        if not xs:
+            raise TrainingError(f"Log {str(self.path)!r}: no sensor message on "
+                                f"{self.data.sensor_topic!r} has a matching target on "
+                                f"{self.data.target_topic!r} (align = {self.data.align!r}).")
+        f, o = xs[0].shape[1], ys[0].shape[1]
+        names = self.data.features or [f"f{i}" for i in range(f)]
+        outs = self.data.targets or [f"y{i}" for i in range(o)]
+        return Episodes(xs, ys, names, outs)
+
+    @staticmethod
+    def _earlier(rows: list[tuple[int, int, np.ndarray]], t_ns: int) -> np.ndarray | None:
+        best = None
+        for _, t, y in rows:  # log-time order
+            if t > t_ns:
+                break
+            best = y
+        return best
+
+
+# ------------------------------------------------------------------ checking, splitting
