@@ -1,4 +1,5 @@
-"""The direction of imports between the layers (pyproject.toml's [tool.importlinter]).
+"""The direction of imports between the layers (pyproject.toml's [tool.importlinter]),
+no import cycles, and no function-local imports of the package's own modules.
 
 `lint-imports` checks the package as it is, and a copy of it with one import that goes
 up a layer, to show the check can fail.
@@ -12,6 +13,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import grimp  # import-linter's graph builder, in the [dev] extra with it
 
 from helpers.support import REPO
 
@@ -77,3 +80,47 @@ def test_own_modules_are_imported_at_the_top_except_optional_ones() -> None:
 def test_the_local_import_check_finds_one(tmp_path: Path) -> None:
     (tmp_path / "late.py").write_text("def f():\n    from lstm_stream.core import state\n")
     assert local_own_imports(tmp_path) == {("late.py", "lstm_stream.core")}
+
+
+def cycles(imports: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of a module graph: its strongly connected parts of two or more."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for other in sorted(imports.get(module, ())):
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            part = []
+            while True:
+                other = stack.pop()
+                part.append(other)
+                if other == module:
+                    break
+            if len(part) > 1:
+                found.append(sorted(part))
+
+    for module in sorted(imports):
+        if module not in index:
+            visit(module)
+    return found
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    graph = grimp.build_graph("lstm_stream", cache_dir=None)
+    imports = {m: graph.find_modules_directly_imported_by(m) for m in graph.modules}
+    assert len(imports) > 50  # the whole package was read
+    assert cycles(imports) == []
+
+
+def test_the_cycle_check_finds_one() -> None:
+    imports = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(imports) == [["a", "b", "c"]]
