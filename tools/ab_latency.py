@@ -8,9 +8,12 @@ the same drift of the machine, and prints each round and the medians:
 
     python tools/ab_latency.py --baseline cb23943 --rounds 3
     python tools/ab_latency.py --baseline HEAD~1 -- --servers echo,runner --rate 1000 --duration 5
+    python tools/ab_latency.py --baseline HEAD~1 -- --throughput --streams 1,100 \
+        --servers decode,runner --duration 3
 
 Everything after ``--`` is passed to ``lstm-stream bench`` (default: echo and
-runner at 1 kHz and closed loop, 5 s each). Both revisions run with this
+runner at 1 kHz and closed loop, 5 s each); with ``--throughput`` the rows are
+the throughput suite's verdict (steps/s and its ratios to the floors). Both revisions run with this
 checkout's virtual environment; only the ``lstm_stream`` package differs
 (``PYTHONPATH``), and every ``serve`` the bench starts inherits it.
 """
@@ -31,6 +34,23 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BENCH = ["--servers", "echo,runner", "--rate", "1000", "--rate", "0", "--duration", "5"]
 FIELDS = ("p50_runner_us", "p50_ratio", "p99_runner_us", "p99_ratio", "in_server_p50_us",
           "overhead_p50_us")
+THROUGHPUT_FIELDS = ("runner_steps_per_s", "ratio_to_floor_a", "ratio_to_floor_b",
+                     "mean_batch")
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """A verdict row's name: its rate (latency suite) or stream count (throughput)."""
+    return str(row["rate"]) if "rate" in row else f"{row['streams']} streams {row['transport']}"
+
+
+def row_line(row: dict[str, Any]) -> str:
+    if "rate" in row:
+        return (f"{row['rate']}: p50 {row['p50_runner_us']:.1f} us (x{row['p50_ratio']:.2f})"
+                f" p99 {row['p99_runner_us']:.1f} us (x{row['p99_ratio']:.2f})")
+    ratio = row["ratio_to_floor_a"]
+    return (f"{row_label(row)}: {row['runner_steps_per_s']:,.0f} steps/s (floor a' "
+            f"x{ratio:.2f})" if ratio is not None else f"{row_label(row)}: "
+            f"{row['runner_steps_per_s']:,.0f} steps/s")
 
 
 def bench_once(src: Path, bench_args: list[str], out: Path) -> list[dict[str, Any]]:
@@ -75,19 +95,18 @@ def main(argv: list[str] | None = None) -> int:
                 for name, src in sources.items():
                     rows = bench_once(src, bench_args, Path(tmp) / "out.json")
                     results[name].append(rows)
-                    print(f"round {k + 1} {name:>12}: " + "  ".join(
-                        f"{r['rate']}: p50 {r['p50_runner_us']:.1f} us (x{r['p50_ratio']:.2f})"
-                        f" p99 {r['p99_runner_us']:.1f} us (x{r['p99_ratio']:.2f})"
-                        for r in rows), flush=True)
+                    print(f"round {k + 1} {name:>12}: " + "  ".join(row_line(r) for r in rows),
+                          flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO,
                            capture_output=True)
     print(f"\nmedians over {args.rounds} rounds (baseline {args.baseline}):")
-    print(f"{'rate':>18} {'revision':>12} " + " ".join(f"{f:>16}" for f in FIELDS))
+    fields = THROUGHPUT_FIELDS if "--throughput" in bench_args else FIELDS
+    print(f"{'row':>18} {'revision':>12} " + " ".join(f"{f:>18}" for f in fields))
     for i, row in enumerate(results["baseline"][0]):
         for name, runs in results.items():
-            medians = [_median([run[i].get(f) for run in runs]) for f in FIELDS]
-            print(f"{row['rate']:>18} {name:>12} " + " ".join(f"{m:>16}" for m in medians))
+            medians = [_median([run[i].get(f) for run in runs]) for f in fields]
+            print(f"{row_label(row):>18} {name:>12} " + " ".join(f"{m:>18}" for m in medians))
     return 0
 
 
