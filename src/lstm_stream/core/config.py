@@ -23,6 +23,7 @@ from lstm_stream.core.errors import ConfigError
 from lstm_stream.core.model_io import ModelIO
 
 STATE_LAYOUTS = ("", "layers_batch_hidden", "batch_layers_hidden")
+STALE_POLICIES = ("flag", "skip", "hold")  # core/sources.py's StalePolicy
 
 _ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
 _LOOPBACK_HOSTS = ("localhost", "::1", "[::1]", "lo")
@@ -73,6 +74,28 @@ class ServedModelConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One ``[[input.sources]]``: a topic that gives some of the model's features."""
+
+    topic: str = ""
+    features: list[str] = field(default_factory=list)  # in the order of the message's x
+    rate_hz: float = 0.0  # expected rate, for health; 0 = not checked
+    max_age_ms: float = 1000.0  # older than this at a trigger: stale
+    trigger: bool = False  # a message on this topic steps the model
+
+    def __post_init__(self) -> None:
+        _check(bool(self.topic), "input.sources.topic", "a non-empty topic", self.topic)
+        _check(len(self.features) > 0, "input.sources.features",
+               f"at least one feature name (source {self.topic!r})", self.features)
+        _check(len(set(self.features)) == len(self.features), "input.sources.features",
+               f"distinct names (source {self.topic!r})", self.features)
+        _check(self.rate_hz >= 0, "input.sources.rate_hz",
+               f">= 0 Hz (source {self.topic!r}; 0 = not checked)", self.rate_hz)
+        _check(self.max_age_ms > 0, "input.sources.max_age_ms",
+               f"> 0 milliseconds (source {self.topic!r})", self.max_age_ms)
+
+
+@dataclass
 class InputConfig:
     """The SUB socket that receives sensor messages from the vehicle stack."""
 
@@ -83,6 +106,9 @@ class InputConfig:
     zmq_max_message_bytes: int = 1048576  # ZMQ_MAXMSGSIZE: peer disconnected above this
     rcvhwm: int = 10000
     busy_poll_us: int = 0  # keep polling this long after a message instead of sleeping
+    # several sensors on several topics, assembled into the model's x (core/sources.py);
+    # [] = every message carries the whole feature vector
+    sources: list[SourceConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check_endpoint("input.endpoint", self.endpoint)
@@ -96,6 +122,20 @@ class InputConfig:
                "input.zmq_max_message_bytes", ">= input.max_message_bytes, or -1 for no limit",
                self.zmq_max_message_bytes)
         _check(self.rcvhwm >= 0, "input.rcvhwm", ">= 0 (0 means no limit)", self.rcvhwm)
+        if self.sources:
+            self._check_sources()
+
+    def _check_sources(self) -> None:
+        topics = [s.topic for s in self.sources]
+        twice = sorted({t for t in topics if topics.count(t) > 1})
+        _check(not twice, "input.sources", "one [[input.sources]] per topic; given twice: "
+               f"{twice}", topics)
+        _check(any(s.trigger for s in self.sources), "input.sources",
+               "at least one source with trigger = true (a message on it steps the model)",
+               topics)
+        unheard = [t for t in topics if not t.startswith(tuple(self.topics))]
+        _check(not unheard, "input.topics", f"subscribed to every source's topic: add {unheard} "
+               "to input.topics", self.topics)
 
 
 @dataclass
@@ -107,13 +147,41 @@ class OutputConfig:
     topic: str = "policy"
     diagnostics_topic: str = "diagnostics"
     sndhwm: int = 10000
+    ages: bool = False  # with input.sources: each output carries age_ms per source
+    deadline_ms: float = 0.0  # outputs later than this after the sensor carry late: true; 0 = off
 
     def __post_init__(self) -> None:
         _check_endpoint("output.endpoint", self.endpoint)
+        _check(self.deadline_ms >= 0, "output.deadline_ms", ">= 0 milliseconds (0 = off)",
+               self.deadline_ms)
         _check(bool(self.topic), "output.topic", "a non-empty topic", self.topic)
         _check(bool(self.diagnostics_topic), "output.diagnostics_topic", "a non-empty topic",
                self.diagnostics_topic)
         _check(self.sndhwm >= 0, "output.sndhwm", ">= 0 (0 means no limit)", self.sndhwm)
+
+
+@dataclass
+class FreshnessConfig:
+    """What a trigger does when a source is older than its max_age_ms (core/sources.py)."""
+
+    stale: str = "flag"  # flag: step and say so | skip: do not step | hold: last fresh value
+
+    def __post_init__(self) -> None:
+        _check(self.stale in STALE_POLICIES, "freshness.stale", f"one of {STALE_POLICIES}",
+               self.stale)
+
+
+@dataclass
+class HealthConfig:
+    """The health topic: every input's rate and age, and the runner's own figures."""
+
+    topic: str = "health"
+    rate_hz: float = 2.0  # health messages per second; 0 = none
+
+    def __post_init__(self) -> None:
+        _check(bool(self.topic), "health.topic", "a non-empty topic", self.topic)
+        _check(0 <= self.rate_hz <= 100, "health.rate_hz", "between 0 and 100 (0 = off)",
+               self.rate_hz)
 
 
 @dataclass
@@ -211,8 +279,17 @@ class RunnerConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    freshness: FreshnessConfig = field(default_factory=FreshnessConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     def __post_init__(self) -> None:
+        _check(not (self.input.sources and self.sharding.count > 1), "input.sources",
+               "empty when sharding.count > 1 (sharded multi-source runners are not "
+               "supported yet: run one multi-source runner, or send whole feature vectors)",
+               [s.topic for s in self.input.sources])
+        topics = {self.output.topic, self.output.diagnostics_topic, self.health.topic}
+        _check(len(topics) == 3, "health.topic", "distinct from output.topic and "
+               "output.diagnostics_topic", self.health.topic)
         endpoints = [self.input.endpoint, self.output.endpoint, self.control.endpoint]
         bound = [e for e, b in zip(endpoints, [self.input.bind, self.output.bind,
                                                self.control.bind], strict=True) if b]
@@ -357,6 +434,12 @@ def _coerce(name: str, hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if origin is list:
         (item_type,) = typing.get_args(hint)
+        if dataclasses.is_dataclass(item_type):  # [[section.items]]: a list of tables
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(_at(where, f"{name!r} must be a list of tables "
+                                      f"([[{name}]]), got {value!r}."), located=True)
+            return [from_dict(item_type, v, where, prefix=f"{name}[{i}].")  # type: ignore[arg-type]
+                    for i, v in enumerate(value)]
         if isinstance(value, str):  # "a,b" from the command line
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):

@@ -35,6 +35,9 @@ class Sink(Protocol):
 
     def diagnostic(self, payload: bytes, t_ns: int) -> None: ...
 
+    def message(self, topic: str, payload: bytes, t_ns: int) -> None:
+        """Anything else, on its own topic (the health topic)."""
+
 
 @dataclass
 class EmitCounters:
@@ -56,6 +59,7 @@ class Emitter:
         self._values = stepper.values
         self._output = sink.output
         self._diagnostic = sink.diagnostic
+        self._sink = sink
         self._packer = msgpack.Packer(use_bin_type=True)
 
     def output(self, result: Stepped, latency_ns: int, t_ns: int) -> None:
@@ -66,7 +70,7 @@ class Emitter:
         counters.stepped += 1
         y, extra = self._values(result)
         self._output(encode_output(self._packer, result.msg, y, result.step, result.reset,
-                                   result.gap, latency_ns, extra), t_ns)
+                                   result.gap, latency_ns, extra, result.info), t_ns)
         counters.published += 1
 
     def rejection(self, rejection: Rejection, t_ns: int) -> None:
@@ -77,6 +81,10 @@ class Emitter:
     def event(self, event: dict[str, Any], t_ns: int) -> None:
         """Any other diagnostic event (a map with an ``event`` key)."""
         self._diagnostic(self._packer.pack(event), t_ns)
+
+    def topic_message(self, topic: str, body: dict[str, Any], t_ns: int) -> None:
+        """A map on a topic of its own (health)."""
+        self._sink.message(topic, self._packer.pack(body), t_ns)
 
     def expire(self, store: StateStore, now_ns: int) -> list[Stream]:
         """Forget the streams idle past the store's timeout, each with its event."""

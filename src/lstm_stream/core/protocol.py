@@ -43,6 +43,7 @@ class RejectReason(StrEnum):
     STEP_FAILED = "step_failed"  # the backend raised while stepping
     WRONG_SHARD = "wrong_shard"  # the stream belongs to another runner's shard (shard.py)
     BAD_OUTPUT = "bad_output"  # the model returned NaN or Inf; nothing published or committed
+    UNKNOWN_TOPIC = "unknown_topic"  # with [[input.sources]]: a topic that is no source
 
 
 # The codes by their short names, as the modules that reject import them.
@@ -53,6 +54,7 @@ MISSING_KEY, BAD_TYPE, BAD_VALUE = (RejectReason.MISSING_KEY, RejectReason.BAD_T
 WRONG_LENGTH, NON_FINITE = RejectReason.WRONG_LENGTH, RejectReason.NON_FINITE
 STALE_SEQ, STEP_FAILED = RejectReason.STALE_SEQ, RejectReason.STEP_FAILED
 WRONG_SHARD, BAD_OUTPUT = RejectReason.WRONG_SHARD, RejectReason.BAD_OUTPUT
+UNKNOWN_TOPIC = RejectReason.UNKNOWN_TOPIC
 
 REJECTION_REASONS = tuple(RejectReason)
 
@@ -103,8 +105,11 @@ class SensorDecoder:
     """Decodes ``[topic, payload]`` frames for a model with ``n_features`` inputs."""
 
     def __init__(self, n_features: int, feature_names: tuple[str, ...] | None = None,
-                 max_message_bytes: int = 65536) -> None:
+                 max_message_bytes: int = 65536, *, subject: str = "the model",
+                 default_stream: str | None = None) -> None:
         self.n_features = n_features
+        self.subject = subject  # who takes the features, in messages: "source 'imu'"
+        self.default_stream = default_stream  # a message's stream without 'stream'; None: topic
         self.feature_names = feature_names
         self.max_message_bytes = max_message_bytes
         self._x_bytes = 4 * n_features
@@ -135,7 +140,7 @@ class SensorDecoder:
         return self._decode_map(topic, body)
 
     def _decode_map(self, topic: str, body: dict[Any, Any]) -> SensorMessage | Rejection:
-        stream = body.get("stream", topic)
+        stream = body.get("stream", self.default_stream or topic)
         if type(stream) is not str:
             return Rejection(BAD_TYPE, f"'stream' must be a string, got {_kind(stream)}", topic)
         # a UTF-8 character is at most 4 bytes: short names need no encoding to check
@@ -179,7 +184,7 @@ class SensorDecoder:
         kind = type(value)
         if kind is bytes:
             if len(value) != self._x_bytes:
-                return Invalid(WRONG_LENGTH, f"'x' is {len(value)} bytes; the model takes "
+                return Invalid(WRONG_LENGTH, f"'x' is {len(value)} bytes; {self.subject} takes "
                                f"{n} float32 features = {self._x_bytes} bytes")
             x = np.ndarray((1, n), "<f4", value)  # a read-only view, no copy
             # x . 0 is 0 when every value is finite and NaN otherwise (inf * 0 = NaN):
@@ -188,7 +193,8 @@ class SensorDecoder:
                 return _non_finite(x, [])
         elif kind is list:
             if len(value) != n:
-                return Invalid(WRONG_LENGTH, f"'x' has {len(value)} values; the model takes {n}")
+                return Invalid(WRONG_LENGTH,
+                               f"'x' has {len(value)} values; {self.subject} takes {n}")
             for v in value:
                 if type(v) not in _NUMBER:
                     return Invalid(BAD_TYPE, f"'x' must hold only numbers, found {_kind(v)}")
@@ -306,13 +312,17 @@ def _kind(value: Any) -> str:
 
 def encode_output(packer: msgpack.Packer, msg: SensorMessage, y: list[float], step: int,
                   reset: str | None, gap: int, latency_ns: int,
-                  extra: dict[str, list[float]] | None = None) -> bytes:
+                  extra: dict[str, list[float]] | None = None,
+                  more: dict[str, Any] | None = None) -> bytes:
     """Encode one policy output (keys in the order docs/protocol.md lists them); ``extra``
-    holds the model's extra outputs by name, for models that have any."""
+    holds the model's extra outputs by name, for models that have any; ``more`` the
+    keys of multi-source runners and deadlines (``stale``, ``age_ms``, ``late``)."""
     body = {"stream": msg.stream, "seq": msg.seq, "stamp_ns": msg.stamp_ns, "y": y,
             "step": step, "reset": reset, "gap": gap, "latency_ns": latency_ns}
     if extra is not None:
         body["extra"] = extra
+    if more is not None:
+        body.update(more)
     out: bytes = packer.pack(body)
     return out
 

@@ -15,8 +15,11 @@ message, as :meth:`StreamStepper.step` one at a time.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +46,13 @@ class Stepped:
     step: int  # steps since the stream's last reset
     reset: str | None  # why the state was reset before this step
     gap: int  # seq missed just before this one
+    info: dict[str, Any] | None = None  # more output keys: stale, age_ms, late (sources.py)
 
+
+log = logging.getLogger(__name__)
+
+WARMUP_CALLS = 20  # batch-1 steps before the first message: caches, allocator, IOBinding
+WARMUP_ALL_BATCHES = 64  # every batch size up to this is warmed; powers of two above it
 
 Result = Stepped | Rejection
 Emit = Callable[[Result, int], None]  # (result, the message's receive time)
@@ -90,6 +99,10 @@ class StreamStepper:
         if type(msg) is Rejection:
             return msg
         assert not isinstance(msg, Rejection)  # for mypy; free at run time
+        return self.step_message(msg, now_ns)
+
+    def step_message(self, msg: SensorMessage, now_ns: int) -> Stepped | Rejection:
+        """Step a message already decoded (the feature vector assembled by sources.py)."""
         if self.shard is not None and not self.shard.owns(msg.stream):
             return self._wrong_shard(msg)
         admission = self.store.admit(msg, now_ns)
@@ -246,3 +259,25 @@ class _Batch:
 def _failed(msg: SensorMessage, err: Exception) -> Rejection:
     return Rejection(STEP_FAILED, f"the backend failed: {err}"[:300], msg.topic, msg.stream,
                      msg.seq)
+
+
+def warm_up(backend: StepBackend, contract: ModelContract, max_batch: int) -> float:
+    """Step zeros at batch 1 and at every batch size batching will use, so that the first
+    real messages do not pay onnxruntime's first-call costs (allocations, the kernels
+    of a new shape); returns the seconds it took. A size the model cannot run (a fixed
+    batch) is skipped: its messages are rejected as they would be without warm-up."""
+    started = time.perf_counter()
+    sizes = [1, *range(2, min(max_batch, WARMUP_ALL_BATCHES) + 1)]
+    size = WARMUP_ALL_BATCHES * 2
+    while size <= max_batch:
+        sizes.append(size)
+        size *= 2
+    for batch in sizes:
+        x = np.zeros((batch, contract.n_features), np.float32)
+        states = [np.zeros((s.layers, batch, s.hidden), np.float32) for s in contract.states]
+        try:
+            for _ in range(WARMUP_CALLS if batch == 1 else 1):
+                (backend.step_one if batch == 1 else backend.step)(x, states)
+        except Exception as err:  # the model's own limits show up on real messages too
+            log.debug("warm-up: batch %d skipped: %s", batch, err)
+    return time.perf_counter() - started

@@ -20,3 +20,6 @@ class LogSink:
 
     def diagnostic(self, payload: bytes, t_ns: int) -> None:
         self._write(self._diag_topic, payload, t_ns)
+
+    def message(self, topic: str, payload: bytes, t_ns: int) -> None:
+        self._write(topic, payload, t_ns)

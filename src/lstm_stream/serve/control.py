@@ -23,8 +23,10 @@ from lstm_stream.core.emit import EmitCounters
 from lstm_stream.core.protocol import PROTOCOL_VERSION, ControlRequest, decode_control_request
 from lstm_stream.core.shard import Shard, shard_topic
 from lstm_stream.core.snapshot import RestoreResult, SnapshotWriter
+from lstm_stream.core.sources import SourceStepper
 from lstm_stream.core.state import StateStore
 from lstm_stream.core.stepper import StreamStepper
+from lstm_stream.serve.health import HealthTracker
 from lstm_stream.serve.security.curve import ServerKeys
 
 LATENCY_WINDOW = 4096  # latencies kept for the status percentiles
@@ -39,6 +41,7 @@ class Counters(EmitCounters):
     control_requests: int = 0
     control_errors: int = 0
     input_reconnects: int = 0  # input connections dropped by ZeroMQ and made again
+    late: int = 0  # outputs published later than output.deadline_ms after their sensor time
 
 
 class ControlRequests:
@@ -57,9 +60,18 @@ class ControlRequests:
     restored: RestoreResult
     snapshots: SnapshotWriter | None
     pub: zmq.Socket[Any]
+    sources: SourceStepper | None
+    health: HealthTracker
+    warmup_s: float
     _latencies: np.ndarray
     _started: float
     _control_resets: int
+    _input_connected: bool
+
+    @property
+    def ready(self) -> bool:
+        """Warmed up (before the sockets open) and the input connected, or bound."""
+        return self._input_connected
 
     def input_topics(self) -> list[str]:
         """What the input socket subscribes to: the topics, or their shard's topics."""
@@ -138,7 +150,27 @@ class ControlRequests:
             "latency_ns": latency,
             "snapshot": self._snapshot_status(),
             "curve": self.keys is not None,
+            "ready": self.ready, "warmup_ms": round(self.warmup_s * 1e3, 3),
+            "late": c.late, **self._sources_status(),
         }
+
+    def _sources_status(self) -> dict[str, Any]:
+        """With input.sources: the health of every source and what freshness did."""
+        if self.sources is None:
+            return {}
+        health = self.health_report(time.monotonic_ns(), advance=False)
+        return {"sources": health["sources"], "waiting": self.sources.waiting,
+                "stale": dict(self.sources.stale), "stale_skipped": self.sources.skipped}
+
+    def health_report(self, now_ns: int, *, advance: bool = True) -> dict[str, Any]:
+        """The health message (health.py): since the previous one unless ``advance``."""
+        c = self.counters
+        since = self.health.stepped_at_mark
+        n = min(c.stepped - since, LATENCY_WINDOW)
+        recent = self._latencies[np.arange(c.stepped - n + 1, c.stepped + 1) % LATENCY_WINDOW]
+        return self.health.report(now_ns, stepped=c.stepped, rejected=sum(c.rejected.values()),
+                                  ready=self.ready, streams=len(self.store),
+                                  latencies_ns=recent, advance=advance)
 
     def _snapshot_status(self) -> dict[str, Any] | None:
         writer = self.snapshots

@@ -25,6 +25,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from types import FrameType
 from typing import Any, cast
 
@@ -49,8 +50,10 @@ from lstm_stream.core.snapshot import (
     restore,
 )
 from lstm_stream.core.snapshot_files import check_snapshot_path
-from lstm_stream.core.stepper import Stepped, StreamStepper
+from lstm_stream.core.sources import Held, SourceStepper, StalePolicy, resolve_sources
+from lstm_stream.core.stepper import Stepped, StreamStepper, warm_up
 from lstm_stream.serve.control import LATENCY_WINDOW, ControlRequests, Counters
+from lstm_stream.serve.health import HealthTracker
 from lstm_stream.serve.security.curve import ServerKeys, load_server_keys
 from lstm_stream.serve.sink import ZmqSink
 from lstm_stream.serve.sockets import attach, frame_receiver
@@ -90,9 +93,26 @@ class Runner(ControlRequests):
                                      shard=self.shard)
         self.store = self.stepper.store
         self._max_batch = min(config.batching.max_batch, self.stepper.max_batch)
+        self.sources: SourceStepper | None = None
+        self._step: Callable[[list[bytes], int], Any] = self.stepper.step
+        if config.input.sources:  # several topics assembled into x: stepped one at a time
+            self.sources = SourceStepper(
+                resolve_sources(config.input.sources, self.contract.feature_names,
+                                self.contract.n_features), self.stepper,
+                stale=StalePolicy(config.freshness.stale), ages=config.output.ages,
+                max_message_bytes=config.input.max_message_bytes,
+                max_streams=config.state.max_streams)
+            self._step, self._max_batch = self.sources.step, 1
         if self.contract.fixed_batch == 1 and config.batching.max_batch > 1:
             log.info("model: exported with a fixed batch of 1, so messages are stepped one "
                      "per call (batching.max_batch %d not used)", config.batching.max_batch)
+        self._deadline_ns = int(config.output.deadline_ms * 1e6)
+        # the plain path when neither sources nor a deadline ask for more
+        self._publish = (self._publish_result if self.sources is None and not self._deadline_ns
+                         else self._publish_checked)
+        self.warmup_s = warm_up(self.backend, self.contract, self._max_batch)
+        self._input_connected = config.input.bind  # a bound input has nothing to wait for
+        self.health = HealthTracker(self.sources, time.monotonic_ns())
         self.counters = Counters()
         self.subscriptions: Counter[str] = Counter()
         self._latencies = np.zeros(LATENCY_WINDOW, np.int64)
@@ -205,6 +225,9 @@ class Runner(ControlRequests):
         spin_until = 0
         snapshot_every_ns = int(self.config.state.snapshot_interval_s * 1e9)
         next_snapshot = time.monotonic_ns() + snapshot_every_ns
+        rate = self.config.health.rate_hz
+        health_every_ns = int(1e9 / rate) if rate > 0 else 0
+        next_health = time.monotonic_ns() + health_every_ns
         log.info("ready: input %s (topics %s), output %s, control %s, model %s (%s)",
                  self.config.input.endpoint, ",".join(self.input_topics()),
                  self.config.output.endpoint, self.config.control.endpoint,
@@ -230,6 +253,9 @@ class Runner(ControlRequests):
                 self._read_subscriptions()
                 self._housekeeping(now)
                 next_housekeeping = now + int(HOUSEKEEPING_S * 1e9)
+            if health_every_ns and now >= next_health:
+                self.publish_health(now)
+                next_health = now + health_every_ns
             if self.snapshots is not None and now >= next_snapshot:
                 self.snapshot()
                 next_snapshot = now + snapshot_every_ns
@@ -288,7 +314,7 @@ class Runner(ControlRequests):
         """Step one message received at ``t_recv_ns`` (monotonic clock) and publish
         its output, or its rejection on the diagnostics topic."""
         self.counters.received += 1
-        self._publish_result(self.stepper.step(frames, t_recv_ns), t_recv_ns)
+        self._publish(self._step(frames, t_recv_ns), t_recv_ns)
 
     def handle_batch(self, items: list[tuple[list[bytes], int]]) -> None:
         """Step several queued messages, those of distinct streams in one backend call,
@@ -305,11 +331,42 @@ class Runner(ControlRequests):
         self._emit_output(result, latency, t_recv_ns)
         self._latencies[self.counters.stepped % LATENCY_WINDOW] = latency
 
+    def _publish_checked(self, result: Stepped | Rejection | Held, t_recv_ns: int) -> None:
+        """The publish path of multi-source runners and deadlines (see _publish_result)."""
+        kind = type(result)
+        if kind is Held:
+            assert isinstance(result, Held)
+            if result.event is not None:
+                self.emitter.event(result.event, t_recv_ns)
+            return
+        if kind is Rejection:
+            assert isinstance(result, Rejection)
+            self._emit_rejection(result, t_recv_ns)
+            return
+        assert isinstance(result, Stepped)
+        latency = time.monotonic_ns() - t_recv_ns
+        if self._deadline_ns:
+            stamp = result.msg.stamp_ns  # sensor time on the wall clock; else receive time
+            if (time.time_ns() - stamp if stamp is not None else latency) > self._deadline_ns:
+                result.info = {**(result.info or {}), "late": True}
+                self.counters.late += 1
+        self._emit_output(result, latency, t_recv_ns)
+        self._latencies[self.counters.stepped % LATENCY_WINDOW] = latency
+
     # -- between messages ----------------------------------------------------
 
     def _housekeeping(self, now_ns: int) -> None:
         self.emitter.expire(self.store, now_ns)
+        if self.sources is not None:
+            self.sources.forget_idle(now_ns, self.store.idle_timeout_ns)
 
+    def publish_health(self, now_ns: int) -> bool:
+        """Publish one health message, when a subscriber asked for the topic by name."""
+        topic = self.config.health.topic
+        if not any(t and topic.startswith(t) for t in self.subscriptions):
+            return False
+        self.emitter.topic_message(topic, self.health_report(now_ns), now_ns)
+        return True
     def _change_mark(self) -> tuple[int, ...]:
         """Changes whenever the state store may have changed (cheap; between messages)."""
         return (self.counters.stepped, self.store.expired, self.store.evicted,
@@ -345,7 +402,10 @@ class Runner(ControlRequests):
         assert self.monitor is not None
         while cast(int, self.monitor.get(zmq.EVENTS)) & zmq.POLLIN:
             event = recv_monitor_message(self.monitor)["event"]
+            if event == zmq.EVENT_CONNECTED:
+                self._input_connected = True
             if event == zmq.EVENT_DISCONNECTED:
+                self._input_connected = False
                 self._reconnect_due = time.monotonic_ns() + RECONNECT_CHECK_NS
             else:  # libzmq is reconnecting (or has) by itself
                 self._reconnect_due = None

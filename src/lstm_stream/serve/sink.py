@@ -24,3 +24,6 @@ class ZmqSink:
 
     def diagnostic(self, payload: bytes, t_ns: int) -> None:
         self._send_multipart((self._diag_topic, payload))
+
+    def message(self, topic: str, payload: bytes, t_ns: int) -> None:
+        self._send_multipart((topic.encode(), payload))

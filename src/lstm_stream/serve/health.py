@@ -1,0 +1,105 @@
+"""The health topic: every input's measured rate and age, and the runner's own figures.
+
+Published between messages, every ``1 / health.rate_hz`` seconds, on
+``health.topic`` (``status`` shows the same). A source is ``alive`` by
+openpilot's rule: its rate over the last period within 0.8-1.2x of the expected
+``rate_hz`` (not checked when that is 0), and its last message younger than its
+``max_age_ms``. The runner's figures (steps/s, latency percentiles, rejections,
+stale steps) cover the period since the previous health message.
+
+Health messages are encoded only while some subscriber asked for the health
+topic by name (a subscription to every topic, the empty prefix, does not count),
+so a vehicle stack that listens to everything sees no new messages unasked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lstm_stream.core.sources import Source, SourceStepper
+
+ALIVE_RATE = (0.8, 1.2)  # measured / expected rate within this: alive (openpilot's SubMaster)
+
+
+@dataclass
+class _Mark:
+    """The counters at the previous health message."""
+
+    t_ns: int
+    stepped: int = 0
+    rejected: int = 0
+    messages: dict[str, int] = field(default_factory=dict)
+    stale: dict[str, int] = field(default_factory=dict)
+
+
+class HealthTracker:
+    """Turns counters into per-period health reports."""
+
+    def __init__(self, sources: SourceStepper | None, now_ns: int) -> None:
+        self.sources = sources
+        self._mark = _Mark(now_ns, messages=self._messages(), stale=self._stale())
+
+    @property
+    def stepped_at_mark(self) -> int:
+        """Steps counted at the previous health message."""
+        return self._mark.stepped
+
+    def report(self, now_ns: int, *, stepped: int, rejected: int, ready: bool, streams: int,
+               latencies_ns: np.ndarray, advance: bool = True) -> dict[str, Any]:
+        """The health message at ``now_ns`` (monotonic); ``latencies_ns``: the latencies of
+        the steps since the previous one. ``advance=False`` (``status``) leaves the period
+        open."""
+        mark = self._mark
+        elapsed_s = max((now_ns - mark.t_ns) / 1e9, 1e-9)
+        messages, stale = self._messages(), self._stale()
+        latency: dict[str, int] = {}
+        if latencies_ns.size:
+            latency = {"p50": int(np.percentile(latencies_ns, 50)),
+                       "p99": int(np.percentile(latencies_ns, 99))}
+        body: dict[str, Any] = {
+            "stamp_ns": time.time_ns(), "ready": ready, "streams": streams,
+            "period_s": round(elapsed_s, 3),
+            "steps_per_s": round((stepped - mark.stepped) / elapsed_s, 1),
+            "latency_ns": latency, "rejected": rejected - mark.rejected,
+            "stale": {t: n - mark.stale.get(t, 0) for t, n in stale.items()},
+            "sources": self._sources(now_ns, elapsed_s, messages, mark.messages),
+        }
+        if advance:
+            self._mark = _Mark(now_ns, stepped, rejected, messages, stale)
+        return body
+
+    def _sources(self, now_ns: int, elapsed_s: float, messages: Mapping[str, int],
+                 before: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+        if self.sources is None:
+            return {}
+        out = {}
+        for source in self.sources.sources:
+            rate = (messages[source.topic] - before.get(source.topic, 0)) / elapsed_s
+            last = self.sources.last_recv_ns[source.topic]
+            age_ms = None if last is None else round((now_ns - last) / 1e6, 3)
+            out[source.topic] = {"rate_hz": round(rate, 2), "expected_hz": source.rate_hz,
+                                 "age_ms": age_ms, "max_age_ms": source.max_age_ns / 1e6,
+                                 "alive": alive(source, rate, age_ms)}
+        return out
+
+    def _messages(self) -> dict[str, int]:
+        return dict(self.sources.messages) if self.sources is not None else {}
+
+    def _stale(self) -> dict[str, int]:
+        return dict(self.sources.stale) if self.sources is not None else {}
+
+
+def alive(source: Source, rate_hz: float, age_ms: float | None) -> bool:
+    """openpilot's rule: rate within 0.8-1.2x of expected (when one is given) and the last
+    message younger than ``max_age_ms``."""
+    if age_ms is None or age_ms * 1e6 > source.max_age_ns:
+        return False
+    if source.rate_hz <= 0:
+        return True
+    low, high = ALIVE_RATE
+    return low * source.rate_hz <= rate_hz <= high * source.rate_hz
