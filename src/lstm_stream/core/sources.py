@@ -24,7 +24,7 @@ the assembled vector, not the stream's state.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -47,6 +47,7 @@ from lstm_stream.core.stepper import Stepped, StreamStepper
 UNKNOWN_TOPIC = RejectReason.UNKNOWN_TOPIC
 WAITING = "waiting"  # diagnostic event: a trigger arrived before every source was seen
 STALE_SKIPPED = "stale_skipped"  # diagnostic event: freshness.stale = "skip" left a step out
+RATE_WINDOW = 32  # receive times kept per source: its rate is measured over them
 
 
 class StalePolicy(StrEnum):
@@ -157,6 +158,7 @@ class SourceStepper:
         self.stale: dict[str, int] = {s.topic: 0 for s in sources}  # stale steps per source
         self.messages: dict[str, int] = {s.topic: 0 for s in sources}  # accepted per source
         self.last_recv_ns: dict[str, int | None] = {s.topic: None for s in sources}
+        self._recent = [deque[int](maxlen=RATE_WINDOW) for _ in sources]
 
     @property
     def store(self) -> StateStore:
@@ -193,6 +195,7 @@ class SourceStepper:
         readings.recv_ns[index] = now_ns
         self.messages[topic] += 1
         self.last_recv_ns[topic] = now_ns
+        self._recent[index].append(now_ns)
         if not source.trigger:
             readings.reset = readings.reset or msg.reset
             return Held()
@@ -262,6 +265,13 @@ class SourceStepper:
             else:
                 out.append(max(0, now_ns - readings.recv_ns[i]))
         return out
+
+    def rate_hz(self, topic: str) -> float | None:
+        """The source's rate over its last RATE_WINDOW messages; None before two."""
+        recent = self._recent[self._by_topic[topic][0]]
+        if len(recent) < 2 or recent[-1] == recent[0]:
+            return None
+        return (len(recent) - 1) * 1e9 / (recent[-1] - recent[0])
 
     def forget_idle(self, now_ns: int, idle_ns: int) -> int:
         """Forget the readings of streams that sent nothing for ``idle_ns`` (as the state

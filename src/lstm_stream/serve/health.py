@@ -4,7 +4,9 @@ Published between messages, every ``1 / health.rate_hz`` seconds, on
 ``health.topic`` (``status`` shows the same). A source is ``alive`` by
 openpilot's rule: its rate over the last period within 0.8-1.2x of the expected
 ``rate_hz`` (not checked when that is 0), and its last message younger than its
-``max_age_ms``. The runner's figures (steps/s, latency percentiles, rejections,
+``max_age_ms``; the rate is measured over the source's last 32 messages (a
+10 Hz source gives too few in one health period to tell 8 Hz from 12). The
+runner's figures (steps/s, latency percentiles, rejections,
 stale steps) cover the period since the previous health message.
 
 Health messages are encoded only while some subscriber asked for the health
@@ -15,7 +17,6 @@ so a vehicle stack that listens to everything sees no new messages unasked.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,23 +68,24 @@ class HealthTracker:
             "steps_per_s": round((stepped - mark.stepped) / elapsed_s, 1),
             "latency_ns": latency, "rejected": rejected - mark.rejected,
             "stale": {t: n - mark.stale.get(t, 0) for t, n in stale.items()},
-            "sources": self._sources(now_ns, elapsed_s, messages, mark.messages),
+            "sources": self._sources(now_ns),
         }
         if advance:
             self._mark = _Mark(now_ns, stepped, rejected, messages, stale)
         return body
 
-    def _sources(self, now_ns: int, elapsed_s: float, messages: Mapping[str, int],
-                 before: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+    def _sources(self, now_ns: int) -> dict[str, dict[str, Any]]:
         if self.sources is None:
             return {}
         out = {}
         for source in self.sources.sources:
-            rate = (messages[source.topic] - before.get(source.topic, 0)) / elapsed_s
+            rate = self.sources.rate_hz(source.topic)
             last = self.sources.last_recv_ns[source.topic]
             age_ms = None if last is None else round((now_ns - last) / 1e6, 3)
-            out[source.topic] = {"rate_hz": round(rate, 2), "expected_hz": source.rate_hz,
-                                 "age_ms": age_ms, "max_age_ms": source.max_age_ns / 1e6,
+            out[source.topic] = {"rate_hz": None if rate is None else round(rate, 2),
+                                 "expected_hz": source.rate_hz, "age_ms": age_ms,
+                                 "max_age_ms": source.max_age_ns / 1e6,
+                                 "messages": self.sources.messages[source.topic],
                                  "alive": alive(source, rate, age_ms)}
         return out
 
@@ -94,12 +96,14 @@ class HealthTracker:
         return dict(self.sources.stale) if self.sources is not None else {}
 
 
-def alive(source: Source, rate_hz: float, age_ms: float | None) -> bool:
+def alive(source: Source, rate_hz: float | None, age_ms: float | None) -> bool:
     """openpilot's rule: rate within 0.8-1.2x of expected (when one is given) and the last
     message younger than ``max_age_ms``."""
     if age_ms is None or age_ms * 1e6 > source.max_age_ns:
         return False
     if source.rate_hz <= 0:
         return True
+    if rate_hz is None:
+        return False
     low, high = ALIVE_RATE
     return low * source.rate_hz <= rate_hz <= high * source.rate_hz
