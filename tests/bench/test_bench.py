@@ -97,6 +97,15 @@ def test_bench_quick_writes_a_complete_report(tmp_path: Path) -> None:
                                                  rel=1e-2)
         assert "overhead_p50_us" in row and "p99_ratio" in row and "in_server_p50_us" in row
     assert "runner vs floors" in done.stdout and "runner overhead in process" in done.stdout
+    # the first messages after start, warm-up off and on; the first batched calls
+    messages, batches = report["startup"]["messages"], report["startup"]["batches"]
+    assert [r["warmup"] for r in messages] == [False, True] == [b["warmup"] for b in batches]
+    for run in messages:
+        assert len(run["first_us"]) == 10 and run["steady_us"]["count"] == 100
+        assert run["first_over_steady"] == pytest.approx(
+            run["first_mean_us"] / run["steady_p50_us"], rel=2e-2)
+    assert [row["batch"] for row in batches[0]["batches"]] == [2, 8, 32, 64]
+    assert "first messages after start" in done.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with np.load(raw, allow_pickle=False) as arrays:
         assert len(arrays.files) == 12 and all(arrays[f].size > 0 for f in arrays.files)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from lstm_stream.core.backends import create_backend
 from lstm_stream.core.contract import ModelContract, load_contract
 from lstm_stream.core.protocol import Rejection, encode_sensor
-from lstm_stream.core.stepper import Result, Stepped, StreamStepper
+from lstm_stream.core.stepper import Result, Stepped, StreamStepper, warm_up
 
 from helpers.support import REPO, poisoned_model
 
@@ -227,3 +227,16 @@ def test_a_model_that_is_always_non_finite_never_commits(tmp_path: Path) -> None
                for seq in range(3)]
     assert [r.reason for r in results if isinstance(r, Rejection)] == ["bad_output"] * 3
     assert len(stepper.store) == 0  # never created: nothing to poison
+
+
+def test_warm_up_changes_no_result_and_takes_its_time(contract: ModelContract) -> None:
+    warmed, fresh = (create_backend("onnxruntime", contract) for _ in range(2))
+    assert warm_up(warmed, contract, max_batch=64) > 0
+    rng = np.random.default_rng(4)
+    for batch in (1, 3, 64):
+        x = rng.normal(size=(batch, contract.n_features)).astype(np.float32)
+        states = [rng.normal(size=(s.layers, batch, s.hidden)).astype(np.float32)
+                  for s in contract.states]
+        a, b = warmed.step(x, states), fresh.step(x, states)
+        assert np.array_equal(a[0], b[0]) and all(
+            np.array_equal(p, q) for p, q in zip(a[1], b[1], strict=True))

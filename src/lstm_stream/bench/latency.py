@@ -15,6 +15,7 @@ import numpy as np
 from lstm_stream.bench.e2e import measure
 from lstm_stream.bench.platform import platform_record
 from lstm_stream.bench.results import BenchReport, config_name, model_record, rate_label
+from lstm_stream.bench.startup import startup_suite
 from lstm_stream.bench.step import RUNNER_PATH, has_torch, step_suite
 from lstm_stream.core.contract import load_contract
 from lstm_stream.core.progress import NullProgress, Progress
@@ -41,6 +42,7 @@ class BenchSettings:
     rt_priority: int | None = None
     busy_poll_us: int = 0
     closed_loop_count: int = 5000
+    startup_steady: int = 300  # steady messages after the first ten (startup.py); 0 = skip
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -50,7 +52,7 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> Benc
     contract = load_contract(settings.model)
     servers = [s for s in settings.servers if s != "naive-torch" or has_torch()]
     configs = [(t, s, r) for t in settings.transports for r in settings.rates for s in servers]
-    progress.start("bench", total=1 + len(configs))
+    progress.start("bench", total=1 + len(configs) + (1 if settings.startup_steady else 0))
     started = time.time()
     steps = step_suite(contract, steps=settings.steps, warmup=settings.warmup,
                        batches=settings.batches, threads=settings.threads)
@@ -67,6 +69,10 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> Benc
         raw[config_name(result)] = result.pop("_raw_latency_ns")
         e2e.append(result)
         progress.advance(1, status=f"{server} {transport} {rate_label(rate)}")
+    startup: dict[str, Any] = {}
+    if settings.startup_steady:
+        startup = startup_suite(contract, steady=settings.startup_steady)
+        progress.advance(1, status="first messages after start")
     progress.close()
     return BenchReport(
         platform=platform_record({
@@ -77,7 +83,7 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> Benc
             "busy_poll_us": settings.busy_poll_us}),
         model=model_record(settings.model, contract),
         started=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-        step=steps, e2e=e2e, verdict=verdict(steps, e2e), raw=raw)
+        step=steps, e2e=e2e, verdict=verdict(steps, e2e), raw=raw, startup=startup)
 
 
 def verdict(steps: dict[str, Any], e2e: list[dict[str, Any]]) -> list[dict[str, Any]]:

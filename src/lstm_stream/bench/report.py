@@ -58,8 +58,35 @@ def render(report: BenchReport) -> str:
         "ratio: runner / (floor a + floor b); in runner p50: receive -> publish inside the "
         "live runner (its latency_ns).",
         _overhead_line(report),
+        *_startup_lines(report.startup),
     ]
     return "\n".join(lines)
+
+
+def _startup_lines(startup: dict[str, Any]) -> list[str]:
+    """The first ten messages after start against the steady p50 (in the runner, us), and
+    the first batched call at each size against the later ones."""
+    if not startup:
+        return []
+    runs, batches = startup["messages"], startup["batches"]
+    sizes = [row["batch"] for row in batches[0]["batches"]]
+    return [
+        "",
+        "first messages after start (us, receive -> publish in the runner, 100 Hz)",
+        render_table(["warm-up", "first 10 mean", "first 10 max", "steady p50", "ratio",
+                      "first 10"],
+                     [["on" if r["warmup"] else "off", r["first_mean_us"], r["first_max_us"],
+                       r["steady_p50_us"], r["first_over_steady"],
+                       " ".join(f"{v:g}" for v in r["first_us"])] for r in runs]),
+        "ratio: mean of the first 10 / steady p50 (1.0: the first message costs what later "
+        "ones do).",
+        "",
+        "first batched call at each size / median of the next 20 (in process, fresh backend)",
+        render_table(["warm-up", *(f"batch {b}" for b in sizes)],
+                     [["on" if run["warmup"] else "off",
+                       *(f"{row['first_us']:g} / {row['later_p50_us']:g} us = x{row['ratio']:g}"
+                         for row in run["batches"])] for run in batches]),
+    ]
 
 
 def render_platform(report: ReportHeader, title: str) -> list[str]:

@@ -34,11 +34,13 @@ class BenchReport(ReportHeader):
     e2e: list[dict[str, Any]]  # one run per server, transport and rate
     verdict: list[dict[str, Any]]  # the runner against the floors
     raw: dict[str, np.ndarray] = field(default_factory=dict)  # config name -> latencies (ns)
+    startup: dict[str, Any] = field(default_factory=dict)  # startup.py: warm-up off and on
 
     def to_json(self) -> dict[str, Any]:
         """The report as ``--json`` writes it (without the raw latencies)."""
         return {"platform": self.platform, "model": self.model, "started": self.started,
-                "step": self.step, "e2e": self.e2e, "verdict": self.verdict}
+                "step": self.step, "e2e": self.e2e, "verdict": self.verdict,
+                "startup": self.startup}
 
 
 @dataclass

@@ -118,6 +118,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.quick:
         settings.duration_s, settings.steps, settings.warmup = 1.0, 1000, 200
         settings.closed_loop_count, settings.batches = 500, (1, 8)
+        settings.startup_steady = 100
     report = run_bench(settings, TerminalProgress())
     out = _text_stream(args)
     print(render(report), file=out)

@@ -61,6 +61,7 @@ class ServedModelConfig:
     backend: str = BackendName.ONNXRUNTIME.value  # onnxruntime | numpy | torch
     threads: int = 1  # intra-op threads; 1 is fastest for small models
     sha256: str = ""  # pin: refuse to start when the model file's SHA-256 differs; "" = no pin
+    warmup: bool = True  # step zeros at every batch size before subscribing (stepper.warm_up)
     io: ModelIOConfig = field(default_factory=ModelIOConfig)
 
     def __post_init__(self) -> None:

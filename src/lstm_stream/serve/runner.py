@@ -110,7 +110,8 @@ class Runner(ControlRequests):
         # the plain path when neither sources nor a deadline ask for more
         self._publish = (self._publish_result if self.sources is None and not self._deadline_ns
                          else self._publish_checked)
-        self.warmup_s = warm_up(self.backend, self.contract, self._max_batch)
+        self.warmup_s = (warm_up(self.backend, self.contract, self._max_batch)
+                         if config.model.warmup else 0.0)
         self._input_connected = config.input.bind  # a bound input has nothing to wait for
         self.health = HealthTracker(self.sources, time.monotonic_ns())
         self.counters = Counters()
