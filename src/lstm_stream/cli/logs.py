@@ -327,7 +327,9 @@ def _eval(args: argparse.Namespace) -> int:
         max_streams=cfg.state.max_streams, idle_timeout_s=cfg.state.idle_timeout_s,
         max_gap=cfg.state.max_gap, max_message_bytes=cfg.input.max_message_bytes,
         output_topic=cfg.output.topic, diagnostics_topic=cfg.output.diagnostics_topic,
-        io=dataclasses.asdict(cfg.model.io))
+        io=dataclasses.asdict(cfg.model.io),
+        sources=[dataclasses.asdict(s) for s in cfg.input.sources],
+        stale=cfg.freshness.stale, ages=cfg.output.ages)
     report = fleet.evaluate(args.logs, options, workers=args.workers, progress=_progress(),
                                ray_address=args.ray)
     # With --json, stdout carries exactly one JSON document; every other line is stderr's.

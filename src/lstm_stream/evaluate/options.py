@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lstm_stream.core.backends import BackendName
+from lstm_stream.core.config import SourceConfig
 from lstm_stream.core.model_io import ModelIO
 
 OUTPUT_SUFFIX = ".policy.mcap"
@@ -31,6 +32,13 @@ class EvalOptions:
     output_topic: str = "policy"
     diagnostics_topic: str = "diagnostics"
     io: dict[str, Any] = field(default_factory=dict)  # ModelIO fields: the model's names
+    # [[input.sources]] as dicts (SourceConfig fields): several topics assembled into x
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    stale: str = "flag"  # freshness.stale
+    ages: bool = False  # output.ages
+
+    def source_configs(self) -> list[SourceConfig]:
+        return [SourceConfig(**s) for s in self.sources]
 
     def model_io(self) -> ModelIO:
         io = dict(self.io)

@@ -14,6 +14,7 @@ a Ray task runs :func:`evaluate_log_plain`, plain data in and out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from lstm_stream.core.emit import Emitter
 from lstm_stream.core.errors import LstmStreamError
 from lstm_stream.core.progress import NullProgress, Progress
 from lstm_stream.core.protocol import Rejection
-from lstm_stream.core.stepper import StreamStepper
+from lstm_stream.core.sources import Held, SourceStepper, StalePolicy, resolve_sources
+from lstm_stream.core.stepper import Stepped, StreamStepper
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.evaluate.report import plot_predictions
 from lstm_stream.evaluate.results import LogFailure, LogOutcome, LogResult, StreamResult, to_plain
@@ -51,6 +53,16 @@ class _LogEvaluation:
                                      idle_timeout_s=options.idle_timeout_s,
                                      max_gap=options.max_gap,
                                      max_message_bytes=options.max_message_bytes)
+        self._step_frames: Callable[[list[bytes], int], Stepped | Rejection | Held]
+        self._step_frames = self.stepper.step
+        self.sources: SourceStepper | None = None
+        if options.sources:  # as serve does with [[input.sources]]
+            self.sources = SourceStepper(
+                resolve_sources(options.source_configs(), self.contract.feature_names,
+                                self.contract.n_features), self.stepper,
+                stale=StalePolicy(options.stale), ages=options.ages,
+                max_message_bytes=options.max_message_bytes, max_streams=options.max_streams)
+            self._step_frames = self.sources.step
         self.result = LogResult(str(path), str(options.output_path(path)))
         self.streams: dict[str, StreamResult] = {}
         self.scorer = Scorer(str(path), options.target_topic, options.target_key,
@@ -85,7 +97,7 @@ class _LogEvaluation:
             for msg in reader.messages(wanted):
                 if msg.topic in sensor_set:
                     if msg.log_time_ns >= next_housekeeping:
-                        emitter.expire(self.stepper.store, msg.log_time_ns)
+                        self._housekeeping(emitter, msg.log_time_ns)
                         next_housekeeping = msg.log_time_ns + HOUSEKEEPING_NS
                     self._step(emitter, msg.topic, msg.data, msg.log_time_ns)
                 else:
@@ -104,7 +116,12 @@ class _LogEvaluation:
         # What is written comes from the emitter, as serve publishes it (latency 0:
         # offline, there is no machine to measure); the rest is eval's own bookkeeping.
         self.result.messages += 1
-        out = self.stepper.step([topic.encode(), data], t)
+        out = self._step_frames([topic.encode(), data], t)
+        if type(out) is Held:  # a source's value kept, or a trigger not stepped
+            assert isinstance(out, Held)
+            if out.event is not None:
+                emitter.event(out.event, t)
+            return
         if type(out) is Rejection:
             assert isinstance(out, Rejection)
             emitter.rejection(out, t)
@@ -114,7 +131,7 @@ class _LogEvaluation:
                 s.rejected += 1
                 s.rejections[out.reason] = s.rejections.get(out.reason, 0) + 1
             return
-        assert not isinstance(out, Rejection)
+        assert isinstance(out, Stepped)
         emitter.output(out, 0, t)
         s = self._stream(out.msg.stream)
         s.stepped += 1
@@ -122,6 +139,11 @@ class _LogEvaluation:
             s.resets[out.reset] = s.resets.get(out.reset, 0) + 1
         self.scorer.output(out.msg.stream, out.msg.seq, t,
                            out.y[0, :self._outputs].astype(np.float64))
+
+    def _housekeeping(self, emitter: Emitter, now: int) -> None:
+        emitter.expire(self.stepper.store, now)
+        if self.sources is not None:
+            self.sources.forget_idle(now, self.stepper.store.idle_timeout_ns)
 
     def _stream(self, name: str) -> StreamResult:
         s = self.streams.get(name)
