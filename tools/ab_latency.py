@@ -11,6 +11,12 @@ the same drift of the machine, and prints each round and the medians:
     python tools/ab_latency.py --baseline HEAD~1 -- --throughput --streams 1,100 \
         --servers decode,runner --duration 3
 
+``--in-process`` times ``Runner.handle`` itself instead (decode, admit, step,
+commit, emit and send, with no subscriber and no sockets' round trip): the
+figure that a noisy machine moves least.
+
+    python tools/ab_latency.py --baseline HEAD~1 --rounds 5 --in-process
+
 Everything after ``--`` is passed to ``lstm-stream bench`` (default: echo and
 runner at 1 kHz and closed loop, 5 s each); with ``--throughput`` the rows are
 the throughput suite's verdict (steps/s and its ratios to the floors). Both revisions run with this
@@ -64,6 +70,44 @@ def bench_once(src: Path, bench_args: list[str], out: Path) -> list[dict[str, An
     return rows
 
 
+# Runner.handle on one stream, 20,000 times after 2,000 discarded; prints p50 and p90 (us).
+HANDLE_CODE = """
+import socket, time
+import numpy as np
+from lstm_stream.core.config import load_runner_config
+from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.serve.runner import Runner
+
+def port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+cfg = load_runner_config(None, [f'input.endpoint="tcp://127.0.0.1:{port()}"', "input.bind=true",
+                                f'output.endpoint="tcp://127.0.0.1:{port()}"',
+                                f'control.endpoint="tcp://127.0.0.1:{port()}"'])
+runner = Runner(cfg)
+x = np.random.default_rng(0).normal(size=runner.contract.n_features).astype(np.float32)
+frames = [[b"sensors", encode_sensor(k, x, stream="s")] for k in range(22000)]
+for k in range(2000):
+    runner.handle(frames[k], time.monotonic_ns())
+ts = np.empty(20000, np.int64)
+for k in range(20000):
+    t0 = time.perf_counter_ns()
+    runner.handle(frames[2000 + k], t0)
+    ts[k] = time.perf_counter_ns() - t0
+runner.close()
+print(np.percentile(ts, 50) / 1e3, np.percentile(ts, 90) / 1e3)
+"""
+
+
+def handle_once(src: Path) -> tuple[float, float]:
+    """``Runner.handle``'s p50 and p90 (us) with the package from ``src``."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    done = subprocess.run([sys.executable, "-c", HANDLE_CODE], cwd=REPO, env=env, check=True,
+                          capture_output=True, text=True)
+    p50, p90 = (float(v) for v in done.stdout.split())
+    return p50, p90
+
+
 def _median(values: list[float | None]) -> str:
     known = [v for v in values if v is not None]
     return f"{statistics.median(known):.2f}" if known else "-"
@@ -85,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--baseline", required=True, help="git revision to compare against")
     p.add_argument("--rounds", type=int, default=3, help="runs of each revision (default 3)")
+    p.add_argument("--in-process", action="store_true",
+                   help="time Runner.handle in process instead of running lstm-stream bench")
     args = p.parse_args(argv)
+    if args.in_process:
+        return in_process(args.baseline, args.rounds)
     results: dict[str, list[list[dict[str, Any]]]] = {"baseline": [], "working tree": []}
     with tempfile.TemporaryDirectory(prefix="lstm-stream-ab-") as tmp:
         base = worktree(args.baseline, Path(tmp) / "baseline")
@@ -107,6 +155,27 @@ def main(argv: list[str] | None = None) -> int:
         for name, runs in results.items():
             medians = [_median([run[i].get(f) for run in runs]) for f in fields]
             print(f"{row_label(row):>18} {name:>12} " + " ".join(f"{m:>18}" for m in medians))
+    return 0
+
+
+def in_process(baseline: str, rounds: int) -> int:
+    times: dict[str, list[tuple[float, float]]] = {"baseline": [], "working tree": []}
+    with tempfile.TemporaryDirectory(prefix="lstm-stream-ab-") as tmp:
+        base = worktree(baseline, Path(tmp) / "baseline")
+        try:
+            for k in range(rounds):
+                for name, src in (("baseline", base / "src"), ("working tree", REPO / "src")):
+                    p50, p90 = handle_once(src)
+                    times[name].append((p50, p90))
+                    print(f"round {k + 1} {name:>12}: Runner.handle p50 {p50:.2f} us, "
+                          f"p90 {p90:.2f} us", flush=True)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO,
+                           capture_output=True)
+    print(f"\nmedians over {rounds} rounds (baseline {baseline}):")
+    for name, runs in times.items():
+        print(f"{name:>12}: Runner.handle p50 {_median([r[0] for r in runs])} us, "
+              f"p90 {_median([r[1] for r in runs])} us")
     return 0
 
 
