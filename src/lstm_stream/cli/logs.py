@@ -329,7 +329,7 @@ def _eval(args: argparse.Namespace) -> int:
         output_topic=cfg.output.topic, diagnostics_topic=cfg.output.diagnostics_topic,
         io=dataclasses.asdict(cfg.model.io),
         sources=[dataclasses.asdict(s) for s in cfg.input.sources],
-        stale=cfg.freshness.stale, ages=cfg.output.ages)
+        stale=cfg.freshness.stale, ages=cfg.output.ages, batch=cfg.batching.max_batch)
     report = fleet.evaluate(args.logs, options, workers=args.workers, progress=_progress(),
                                ray_address=args.ray)
     # With --json, stdout carries exactly one JSON document; every other line is stderr's.

@@ -82,6 +82,7 @@ class LogResult:
     streams: list[StreamResult] = field(default_factory=list)
     histogram: list[int] = field(default_factory=list)
     plot: str | None = None
+    backend_calls: int = 0  # stepped / backend_calls: the mean batch
 
     def errors(self) -> ErrorSums:
         total = ErrorSums()
