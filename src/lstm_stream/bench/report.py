@@ -14,6 +14,7 @@ import numpy as np
 from lstm_stream.bench.latency import FLOOR_B
 from lstm_stream.bench.results import (
     BenchReport,
+    EvalBenchReport,
     ReportHeader,
     ThroughputReport,
     config_name,
@@ -297,3 +298,24 @@ def plot_throughput(report: ThroughputReport, path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# -- the eval suite ---------------------------------------------------------------
+
+
+def render_eval(report: EvalBenchReport) -> str:
+    """The eval benchmark as text: each way of evaluating against the read + decode floor."""
+    lines = [line for line in render_platform(report, "lstm-stream bench --eval")
+             if not line.startswith("settings")]  # no servers, no pinning: nothing to say
+    lines += [
+        f"log       {report.log}: {report.messages:,} sensor messages",
+        "",
+        render_table(["", "steps/s", "seconds", "/ floor"],
+                     [[r["name"], _rate(r["steps_per_s"]), r["seconds"],
+                       f"{r['ratio_to_floor']:.2f}x"] for r in report.rows]),
+        "",
+        f"2 workers / 1 worker over the same two halves: {report.workers_2_over_1:.2f}x",
+        "floor: the project's MCAP reader and msgpack decoding of every sensor message, "
+        "nothing else; eval rows include loading the model and writing the output file.",
+    ]
+    return "\n".join(lines)

@@ -59,6 +59,21 @@ class ThroughputReport(ReportHeader):
                 "generator": self.generator}
 
 
+@dataclass
+class EvalBenchReport(ReportHeader):
+    """``lstm-stream bench --eval``: offline evaluation against reading the log."""
+
+    log: str
+    messages: int
+    rows: list[dict[str, Any]]  # name, messages, seconds, steps_per_s, ratio_to_floor
+    workers_2_over_1: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"suite": "eval", "platform": self.platform, "model": self.model,
+                "started": self.started, "log": self.log, "messages": self.messages,
+                "rows": self.rows, "workers_2_over_1": self.workers_2_over_1}
+
+
 def model_record(path: str, contract: ModelContract) -> dict[str, Any]:
     """The model's identity and shape, as every report records it."""
     state = contract.states[0]

@@ -4,14 +4,23 @@ and with ``--throughput`` the steps per second one runner sustains for many stre
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
 from lstm_stream.bench.latency import BenchSettings, run_bench
 from lstm_stream.bench.load import MAX_WINDOW
-from lstm_stream.bench.report import plot, plot_throughput, render, render_throughput, save_raw
+from lstm_stream.bench.report import (
+    plot,
+    plot_throughput,
+    render,
+    render_eval,
+    render_throughput,
+    save_raw,
+)
 from lstm_stream.bench.results import BenchReport, ThroughputReport
 from lstm_stream.bench.throughput import (
     KNOWN_SERVERS,
@@ -28,6 +37,8 @@ examples:
   lstm-stream bench --quick                           # a smoke test, under a minute
   lstm-stream bench --throughput --streams 1,10,100,1000 --duration 5 --json out.json --plot out.png
   lstm-stream bench --throughput --quick              # throughput smoke test
+  lstm-stream bench --eval                            # eval against reading the log (generated)
+  lstm-stream bench --eval drive.mcap --json eval.json
 
 Read docs/latency.md for how to prepare the machine and read the report.
 """
@@ -74,6 +85,14 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--quick", action="store_true",
                    help="short run for a smoke test (1 s per rate or stream count, fewer "
                    "steps)")
+    e = p.add_argument_group("offline evaluation: steps/s against reading the log")
+    e.add_argument("--eval", nargs="?", const="", metavar="LOG",
+                   help="run the eval suite on LOG (default: a generated log of "
+                   "--eval-streams x --eval-steps messages)")
+    e.add_argument("--eval-streams", type=int, default=100, metavar="N",
+                   help="streams of the generated log (default 100)")
+    e.add_argument("--eval-steps", type=int, default=2000, metavar="N",
+                   help="messages per stream of the generated log (default 2000)")
     t = p.add_argument_group("throughput (issue 8): many streams at the highest sustainable rate")
     t.add_argument("--throughput", action="store_true",
                    help="run the throughput suite instead of the latency suite")
@@ -95,6 +114,8 @@ def _error(message: str) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.eval is not None:
+        return _eval(args)
     if args.throughput:
         return _throughput(args)
     given = [name for name, value in (("--streams", args.streams), ("--window", args.window),
@@ -176,6 +197,32 @@ def _streams(given: str) -> tuple[int, ...]:
     except ValueError:
         return ()
     return counts if counts and min(counts) >= 1 else ()
+
+
+def _eval(args: argparse.Namespace) -> int:
+    if args.throughput:
+        return _error("give either --eval or --throughput, not both")
+    if args.eval_streams < 1 or args.eval_steps < 1:
+        return _error("--eval-streams and --eval-steps must be >= 1")
+    streams, steps = args.eval_streams, args.eval_steps
+    if args.quick:
+        streams, steps = min(streams, 20), min(steps, 200)
+    log = Path(args.eval) if args.eval else None
+    if log is not None and not log.is_file():
+        return _error(f"--eval {args.eval!r}: no such log file")
+    try:  # reads and writes MCAP logs: the [logs] extra, imported only here
+        evalbench = importlib.import_module("lstm_stream.bench.evalbench")
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] not in ("mcap", "zstandard", "lz4"):
+            raise
+        return _error(f"--eval needs the {err.name!r} package: pip install 'lstm-stream[logs]'")
+    report = evalbench.eval_suite(args.model, log, streams=streams, steps=steps,
+                                  progress=TerminalProgress())
+    out = _text_stream(args)
+    print(render_eval(report), file=out)
+    if args.json:
+        _write_json(report.to_json(), args.json)
+    return 0
 
 
 def _throughput(args: argparse.Namespace) -> int:

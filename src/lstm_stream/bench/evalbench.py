@@ -1,0 +1,130 @@
+"""``lstm-stream bench --eval``: offline evaluation against the speed of reading the log.
+
+In one run, over the same log and model: the floor (read and msgpack-decode every
+sensor message with the project's own reader, nothing else), eval one message
+per backend call, batched eval, and ``--workers 2`` against one worker over the
+log split in two by streams. Each is steps per second and its ratio to the floor.
+
+Without a log, one is generated: ``streams`` x ``steps`` sensor messages of the
+model's features, round robin, 10 ms apart per stream (the layout of issue 16's
+measurement: 100 x 2,000).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import zlib
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from lstm_stream.bench.platform import platform_record
+from lstm_stream.bench.results import EvalBenchReport, model_record
+from lstm_stream.core.contract import load_contract
+from lstm_stream.core.progress import NullProgress, Progress
+from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.evaluate.fleet import evaluate
+from lstm_stream.evaluate.options import EvalOptions
+from lstm_stream.logs.reader import LogReader
+from lstm_stream.logs.writer import LogWriter
+
+T0 = 1_700_000_000_000_000_000
+PERIOD_NS = 10_000_000
+
+
+def write_bench_log(path: Path, n_features: int, *, streams: int, steps: int,
+                    seed: int = 0) -> Path:
+    """``streams`` x ``steps`` sensor messages, round robin, on topic ``sensors``."""
+    rng = np.random.default_rng(seed)
+    xs = rng.normal(size=(64, n_features)).astype(np.float32)
+    with LogWriter(path) as log:
+        for k in range(steps):
+            for s in range(streams):
+                t = T0 + k * PERIOD_NS + s * 1000
+                log.write("sensors", encode_sensor(k, xs[(k + s) % 64], stream=f"car{s}",
+                                                   stamp_ns=t), t)
+    return path
+
+
+def split_by_streams(path: Path, parts: int, directory: Path) -> list[Path]:
+    """The log's sensor messages in ``parts`` logs, each stream whole in one of them."""
+    outs = [directory / f"{path.stem}.part{i}.mcap" for i in range(parts)]
+    writers = [LogWriter(p) for p in outs]
+    try:
+        for msg in LogReader(path).messages(["sensors"]):
+            stream = msgpack.unpackb(msg.data)["stream"]
+            writers[zlib.crc32(stream.encode()) % parts].write(msg.topic, msg.data,
+                                                               msg.log_time_ns)
+    finally:
+        for w in writers:
+            w.close()
+    return outs
+
+
+def read_floor(path: Path) -> tuple[int, float]:
+    """Read and decode every sensor message: (messages, seconds)."""
+    started = time.perf_counter()
+    n = 0
+    unpack = msgpack.unpackb
+    for msg in LogReader(path).messages(["sensors"]):
+        unpack(msg.data)
+        n += 1
+    return n, time.perf_counter() - started
+
+
+def _timed(paths: list[Path], options: EvalOptions, workers: int) -> tuple[int, float]:
+    started = time.perf_counter()
+    report = evaluate(paths, options, workers=workers)
+    return sum(r.stepped for r in report.logs), time.perf_counter() - started
+
+
+def eval_suite(model: str, log: Path | None = None, *, streams: int = 100, steps: int = 2000,
+               batch: int = 64, progress: Progress | None = None) -> EvalBenchReport:
+    """The floor, one per call, batched, and two workers against one; see the module doc."""
+    progress = progress or NullProgress()
+    contract = load_contract(model)
+    progress.start("bench --eval", total=6)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    source = str(log) if log is not None else f"generated: {streams} streams x {steps} steps"
+    with tempfile.TemporaryDirectory(prefix="lstm-stream-evalbench-") as tmp:
+        work = Path(tmp)
+        if log is None:
+            log = write_bench_log(work / "bench.mcap", contract.n_features, streams=streams,
+                                  steps=steps)
+        progress.advance(1, status="log ready")
+        messages, floor_s = read_floor(log)
+        progress.advance(1, status="floor")
+        base = EvalOptions(model=model, output_dir=str(work / "out"))
+        rows: list[dict[str, Any]] = [{"name": "floor: read + decode", "messages": messages,
+                                       "seconds": floor_s}]
+        for name, opts in (("eval, one message per call", replace(base, batch=1)),
+                           (f"eval, batched (up to {batch} streams per call)",
+                            replace(base, batch=batch))):
+            stepped, seconds = _timed([log], opts, 1)
+            rows.append({"name": name, "messages": stepped, "seconds": seconds})
+            progress.advance(1, status=name)
+        halves = split_by_streams(log, 2, work)
+        batched = replace(base, batch=batch, output_dir=str(work / "halves"))
+        for workers in (1, 2):
+            stepped, seconds = _timed(halves, batched, workers)
+            rows.append({"name": f"eval, batched, log split in 2 by streams, {workers} "
+                                 f"worker{'s' if workers > 1 else ''}",
+                         "messages": stepped, "seconds": seconds, "workers": workers})
+            progress.advance(1, status=f"{workers} workers")
+    progress.close()
+    floor_rate = messages / floor_s
+    for row in rows:
+        row["steps_per_s"] = round(row["messages"] / row["seconds"], 1)
+        row["ratio_to_floor"] = round(row["steps_per_s"] / floor_rate, 3)
+        row["seconds"] = round(row["seconds"], 3)
+    one_worker, two_workers = rows[3]["steps_per_s"], rows[4]["steps_per_s"]
+    return EvalBenchReport(
+        platform=platform_record({"batch": batch, "log": source, "threads": 1,
+                                  "pin_runner": None, "pin_load": None, "rt_priority": None,
+                                  "busy_poll_us": 0}),
+        model=model_record(model, contract), started=started, log=source,
+        messages=messages, rows=rows, workers_2_over_1=round(two_workers / one_worker, 3))

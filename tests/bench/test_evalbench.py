@@ -1,0 +1,37 @@
+"""lstm-stream bench --eval: the floor and every way of evaluating, in one run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers.support import REPO
+
+
+def test_bench_eval_quick_writes_every_row_with_its_ratio(tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    cmd = [sys.executable, "-m", "lstm_stream", "bench", "--eval", "--quick", "--json", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["suite"] == "eval" and report["messages"] == 20 * 200
+    names = [r["name"] for r in report["rows"]]
+    assert names[0] == "floor: read + decode" and len(names) == 5
+    assert "one message per call" in names[1] and "batched" in names[2]
+    floor = report["rows"][0]["steps_per_s"]
+    for row in report["rows"]:
+        assert row["messages"] == 4000  # every message read, every message stepped
+        assert row["ratio_to_floor"] == pytest.approx(row["steps_per_s"] / floor, abs=2e-3)
+    assert report["workers_2_over_1"] == pytest.approx(
+        report["rows"][4]["steps_per_s"] / report["rows"][3]["steps_per_s"], abs=2e-3)
+    assert "2 workers / 1 worker" in done.stdout
+
+
+def test_bench_eval_refuses_a_missing_log(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "lstm_stream", "bench", "--eval", str(tmp_path / "no.mcap")]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "no such log file" in done.stderr
