@@ -25,7 +25,7 @@ class ListSink:
     def __init__(self) -> None:
         self.messages: list[tuple[str, dict, int]] = []
 
-    def output(self, payload: bytes, t_ns: int) -> None:
+    def output(self, payload: bytes, t_ns: int, stamp_ns: int | None) -> None:
         self.messages.append(("output", msgpack.unpackb(payload), t_ns))
 
     def diagnostic(self, payload: bytes, t_ns: int) -> None:

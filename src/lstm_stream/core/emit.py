@@ -31,7 +31,8 @@ class Sink(Protocol):
     """Where encoded outputs and diagnostics go; ``t_ns`` is the clock of the message
     (receive time in serve, log time in eval)."""
 
-    def output(self, payload: bytes, t_ns: int) -> None: ...
+    def output(self, payload: bytes, t_ns: int, stamp_ns: int | None) -> None:
+        """One policy output; ``stamp_ns``: its sensor time, when the message had one."""
 
     def diagnostic(self, payload: bytes, t_ns: int) -> None: ...
 
@@ -69,8 +70,9 @@ class Emitter:
             counters.resets[result.reset] += 1
         counters.stepped += 1
         y, extra = self._values(result)
-        self._output(encode_output(self._packer, result.msg, y, result.step, result.reset,
-                                   result.gap, latency_ns, extra, result.info), t_ns)
+        msg = result.msg
+        self._output(encode_output(self._packer, msg, y, result.step, result.reset,
+                                   result.gap, latency_ns, extra, result.info), t_ns, msg.stamp_ns)
         counters.published += 1
 
     def rejection(self, rejection: Rejection, t_ns: int) -> None:

@@ -15,8 +15,10 @@ class LogSink:
         writer.channel(output_topic)  # both channels exist even when one stays empty
         writer.channel(diagnostics_topic)
 
-    def output(self, payload: bytes, t_ns: int) -> None:
-        self._write(self._out_topic, payload, t_ns)
+    def output(self, payload: bytes, t_ns: int, stamp_ns: int | None) -> None:
+        # the output's publish time is its stamp (as LogWriter would read it back from
+        # the payload), else its log time: known here, so the payload is not decoded
+        self._write(self._out_topic, payload, t_ns, t_ns if stamp_ns is None else stamp_ns)
 
     def diagnostic(self, payload: bytes, t_ns: int) -> None:
         self._write(self._diag_topic, payload, t_ns)

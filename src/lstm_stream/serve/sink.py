@@ -17,7 +17,7 @@ class ZmqSink:
         self._out_topic = output_topic.encode()
         self._diag_topic = diagnostics_topic.encode()
 
-    def output(self, payload: bytes, t_ns: int) -> None:
+    def output(self, payload: bytes, t_ns: int, stamp_ns: int | None) -> None:
         send = self._send  # two sends: a third of send_multipart's cost in pyzmq
         send(self._out_topic, zmq.SNDMORE)
         send(payload)
