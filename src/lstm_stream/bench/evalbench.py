@@ -24,9 +24,12 @@ import numpy as np
 
 from lstm_stream.bench.platform import platform_record
 from lstm_stream.bench.results import EvalBenchReport, model_record
+from lstm_stream.core.backends import BackendName, create_backend
 from lstm_stream.core.contract import load_contract
+from lstm_stream.core.emit import Emitter
 from lstm_stream.core.progress import NullProgress, Progress
 from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.core.stepper import StreamStepper
 from lstm_stream.evaluate.fleet import evaluate
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.logs.reader import LogReader
@@ -76,6 +79,53 @@ def read_floor(path: Path) -> tuple[int, float]:
     return n, time.perf_counter() - started
 
 
+class _Payloads:
+    """A sink that keeps what it is given: the encoded outputs, for timing their writing."""
+
+    def __init__(self) -> None:
+        self.outputs: list[tuple[bytes, int, int | None]] = []
+
+    def output(self, payload: bytes, t_ns: int, stamp_ns: int | None) -> None:
+        self.outputs.append((payload, t_ns, stamp_ns))
+
+    def diagnostic(self, payload: bytes, t_ns: int) -> None:
+        pass
+
+    def message(self, topic: str, payload: bytes, t_ns: int) -> None:
+        pass
+
+
+def where_the_time_goes(log: Path, model: str, batch: int, work: Path) -> dict[str, float]:
+    """Batched eval's work in parts, each timed alone over the whole log (us per message):
+    reading the log, decode + admit + step + commit (StreamStepper.step_many), encoding
+    the outputs (Emitter) and writing them (LogWriter, the official mcap writer)."""
+    contract = load_contract(model)
+    started = time.perf_counter()
+    items = [([msg.topic.encode(), msg.data], msg.log_time_ns)
+             for msg in LogReader(log).messages(["sensors"])]
+    read_s = time.perf_counter() - started
+    stepper = StreamStepper(contract, create_backend(BackendName.ONNXRUNTIME, contract))
+    results: list[Any] = []
+    started = time.perf_counter()
+    stepper.step_many(items, lambda result, t: results.append((result, t)), max_batch=batch)
+    step_s = time.perf_counter() - started
+    sink = _Payloads()
+    emitter = Emitter(stepper, sink)
+    started = time.perf_counter()
+    for result, t in results:
+        emitter.output(result, 0, t)
+    encode_s = time.perf_counter() - started
+    started = time.perf_counter()
+    with LogWriter(work / "written.mcap") as writer:
+        for payload, t, stamp in sink.outputs:
+            writer.write("policy", payload, t, t if stamp is None else stamp)
+    write_s = time.perf_counter() - started
+    n = max(1, len(items))
+    parts = {"read the log": read_s, "decode + admit + step + commit": step_s,
+             "encode outputs": encode_s, "write outputs (mcap writer)": write_s}
+    return {name: round(seconds * 1e6 / n, 2) for name, seconds in parts.items()}
+
+
 def _timed(paths: list[Path], options: EvalOptions, workers: int) -> tuple[int, float]:
     started = time.perf_counter()
     report = evaluate(paths, options, workers=workers)
@@ -107,6 +157,7 @@ def eval_suite(model: str, log: Path | None = None, *, streams: int = 100, steps
             stepped, seconds = _timed([log], opts, 1)
             rows.append({"name": name, "messages": stepped, "seconds": seconds})
             progress.advance(1, status=name)
+        parts = where_the_time_goes(log, model, batch, work)
         halves = split_by_streams(log, 2, work)
         batched = replace(base, batch=batch, output_dir=str(work / "halves"))
         for workers in (1, 2):
@@ -127,4 +178,5 @@ def eval_suite(model: str, log: Path | None = None, *, streams: int = 100, steps
                                   "pin_runner": None, "pin_load": None, "rt_priority": None,
                                   "busy_poll_us": 0}),
         model=model_record(model, contract), started=started, log=source,
-        messages=messages, rows=rows, workers_2_over_1=round(two_workers / one_worker, 3))
+        messages=messages, rows=rows, workers_2_over_1=round(two_workers / one_worker, 3),
+        parts_us=parts)

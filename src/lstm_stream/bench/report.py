@@ -315,6 +315,11 @@ def render_eval(report: EvalBenchReport) -> str:
                        f"{r['ratio_to_floor']:.2f}x"] for r in report.rows]),
         "",
         f"2 workers / 1 worker over the same two halves: {report.workers_2_over_1:.2f}x",
+        "",
+        "where batched eval's time goes (each part timed alone over the log, us per message)",
+        render_table(["part", "us/message"],
+                     [[name, us] for name, us in report.parts_us.items()]
+                     + [["sum", round(sum(report.parts_us.values()), 2)]]),
         "floor: the project's MCAP reader and msgpack decoding of every sensor message, "
         "nothing else; eval rows include loading the model and writing the output file.",
     ]

@@ -67,11 +67,13 @@ class EvalBenchReport(ReportHeader):
     messages: int
     rows: list[dict[str, Any]]  # name, messages, seconds, steps_per_s, ratio_to_floor
     workers_2_over_1: float
+    parts_us: dict[str, float] = field(default_factory=dict)  # batched eval's work, per message
 
     def to_json(self) -> dict[str, Any]:
         return {"suite": "eval", "platform": self.platform, "model": self.model,
                 "started": self.started, "log": self.log, "messages": self.messages,
-                "rows": self.rows, "workers_2_over_1": self.workers_2_over_1}
+                "rows": self.rows, "workers_2_over_1": self.workers_2_over_1,
+                "parts_us": self.parts_us}
 
 
 def model_record(path: str, contract: ModelContract) -> dict[str, Any]:
