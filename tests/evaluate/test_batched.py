@@ -15,6 +15,7 @@ import msgpack
 import numpy as np
 import pytest
 
+from lstm_stream.core.batch import decode_batch_output, encode_sensor_batch
 from lstm_stream.core.protocol import encode_sensor
 from lstm_stream.evaluate.fleet import evaluate
 from lstm_stream.evaluate.options import EvalOptions
@@ -83,3 +84,39 @@ def test_batched_eval_equals_one_message_per_call(tmp_path: Path, seed: int) -> 
     assert {"new_stream", "requested", "gap", "evicted"} <= resets
     events = [msgpack.unpackb(m.data)["event"] for m in LogReader(a).messages(["diagnostics"])]
     assert "stream_expired" in events and result.stepped > 1500
+
+
+def test_eval_of_batch_messages_equals_the_same_readings_one_by_one(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    names = [f"sim/{i}" for i in range(20)]
+    batch_log, single_log = tmp_path / "farm.mcap", tmp_path / "solo.mcap"
+    with LogWriter(batch_log) as farm, LogWriter(single_log) as solo:
+        for tick in range(50):
+            t = T0 + tick * 10 * MS
+            x = rng.normal(size=(20, 16)).astype(np.float32)
+            if tick == 30:
+                x[4, 0] = np.inf
+            resets = [tick == 20 and i < 3 for i in range(20)]
+            farm.write("sensors", encode_sensor_batch(names, [tick] * 20, x, resets=resets,
+                                                      stamps=[t] * 20), t)
+            for i, name in enumerate(names):
+                solo.write("sensors", encode_sensor(tick, x[i], stream=name, stamp_ns=t,
+                                                    reset=resets[i]), t)
+    report = evaluate([batch_log, single_log], EvalOptions(model=MODEL))
+    farm_result, solo_result = report.logs
+    assert farm_result.stepped == solo_result.stepped == 20 * 50 - 1
+    assert farm_result.rejected == solo_result.rejected == {"non_finite": 1}
+    singles = {(o["stream"], o["seq"]): o for o in map(
+        msgpack.unpackb, (m.data for m in LogReader(tmp_path / "solo.policy.mcap").messages()))
+        if "y" in o}
+    rows = 0
+    for m in LogReader(tmp_path / "farm.policy.mcap").messages(["policy"]):
+        out = msgpack.unpackb(m.data)
+        y = decode_batch_output(out, 2)
+        for k, stream in enumerate(out["streams"]):
+            one = singles[(stream, out["seq"][k])]
+            assert np.array_equal(y[k], np.asarray(one["y"], np.float32))
+            assert (out["step"][k], out["reset"][k], out["gap"][k]) == (
+                one["step"], one["reset"], one["gap"])
+            rows += 1
+    assert rows == len(singles) == 999

@@ -20,8 +20,8 @@ from lstm_stream.core.backends import BackendName, create_backend
 from lstm_stream.core.backends.onnxruntime import session_options
 from lstm_stream.core.contract import ModelContract
 from lstm_stream.core.errors import BackendError
-from lstm_stream.core.protocol import Rejection, encode_output, encode_sensor
-from lstm_stream.core.stepper import StreamStepper
+from lstm_stream.core.protocol import encode_output, encode_sensor
+from lstm_stream.core.stepper import Stepped, StreamStepper
 
 RUNNER_PATH = "runner in process: decode + state + step + encode"
 FLOOR_B_PACED = "bare InferenceSession.run, 1 ms apart"
@@ -109,7 +109,7 @@ def runner_path(contract: ModelContract, steps: int, warmup: int,
         k = counter[0]
         counter[0] = k + 1
         result = stepper.step(frames[k], k)
-        assert not isinstance(result, Rejection), result
+        assert isinstance(result, Stepped), result
         encode_output(packer, result.msg, result.y[0].tolist(), result.step, result.reset,
                       result.gap, 0)
 

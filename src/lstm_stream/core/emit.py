@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgpack
+import numpy as np
 
+from lstm_stream.core.batch import encode_batch_output
 from lstm_stream.core.protocol import Rejection, encode_output
 from lstm_stream.core.state import StateStore, Stream
-from lstm_stream.core.stepper import Stepped, StreamStepper
+from lstm_stream.core.stepper import BatchStepped, Stepped, StreamStepper
 
 STREAM_EXPIRED = "stream_expired"  # the diagnostic event of a stream forgotten when idle
 
@@ -62,6 +64,8 @@ class Emitter:
         self._diagnostic = sink.diagnostic
         self._sink = sink
         self._packer = msgpack.Packer(use_bin_type=True)
+        self._n_outputs = stepper.contract.n_outputs
+        self._extras = stepper.extras  # (name, columns of y) of the model's extra outputs
 
     def output(self, result: Stepped, latency_ns: int, t_ns: int) -> None:
         """One policy output; ``latency_ns`` is what goes on the wire (0 offline)."""
@@ -74,6 +78,26 @@ class Emitter:
         self._output(encode_output(self._packer, msg, y, result.step, result.reset,
                                    result.gap, latency_ns, extra, result.info), t_ns, msg.stamp_ns)
         counters.published += 1
+
+    def output_batch(self, batch: BatchStepped, latency_ns: int, t_ns: int) -> int:
+        """A batch message's outputs as one message (its stepped rows), then one rejection
+        per refused row; returns the rows stepped."""
+        rows = [r for r in batch.results if isinstance(r, Stepped)]
+        if rows:
+            counters = self.counters
+            for r in rows:
+                if r.reset is not None:
+                    counters.resets[r.reset] += 1
+            counters.stepped += len(rows)
+            y = np.concatenate([r.y for r in rows])
+            extra = {name: y[:, cols] for name, cols in self._extras} or None
+            self._output(encode_batch_output(self._packer, rows, y[:, :self._n_outputs],
+                                             latency_ns, extra), t_ns, None)
+            counters.published += 1
+        for refused in batch.results:
+            if isinstance(refused, Rejection):
+                self.rejection(refused, t_ns)
+        return len(rows)
 
     def rejection(self, rejection: Rejection, t_ns: int) -> None:
         """One rejected message, on the diagnostics topic."""

@@ -44,6 +44,7 @@ class RejectReason(StrEnum):
     WRONG_SHARD = "wrong_shard"  # the stream belongs to another runner's shard (shard.py)
     BAD_OUTPUT = "bad_output"  # the model returned NaN or Inf; nothing published or committed
     UNKNOWN_TOPIC = "unknown_topic"  # with [[input.sources]]: a topic that is no source
+    DUPLICATE_STREAM = "duplicate_stream"  # a batch message names a stream twice (batch.py)
 
 
 # The codes by their short names, as the modules that reject import them.
@@ -54,7 +55,7 @@ MISSING_KEY, BAD_TYPE, BAD_VALUE = (RejectReason.MISSING_KEY, RejectReason.BAD_T
 WRONG_LENGTH, NON_FINITE = RejectReason.WRONG_LENGTH, RejectReason.NON_FINITE
 STALE_SEQ, STEP_FAILED = RejectReason.STALE_SEQ, RejectReason.STEP_FAILED
 WRONG_SHARD, BAD_OUTPUT = RejectReason.WRONG_SHARD, RejectReason.BAD_OUTPUT
-UNKNOWN_TOPIC = RejectReason.UNKNOWN_TOPIC
+UNKNOWN_TOPIC, DUPLICATE_STREAM = RejectReason.UNKNOWN_TOPIC, RejectReason.DUPLICATE_STREAM
 
 REJECTION_REASONS = tuple(RejectReason)
 
@@ -137,6 +138,10 @@ class SensorDecoder:
         if type(body) is not dict:
             return Rejection(NOT_MAP, f"payload must be a msgpack map, got "
                              f"{_kind(body)}", topic)
+        return self._decode_body(topic, body)
+
+    def _decode_body(self, topic: str, body: dict[Any, Any]) -> SensorMessage | Rejection:
+        """The decoded map: one reading (batch.py's decoder also knows batch messages)."""
         return self._decode_map(topic, body)
 
     def _decode_map(self, topic: str, body: dict[Any, Any]) -> SensorMessage | Rejection:

@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 
 from lstm_stream.core.backends import StepBackend
+from lstm_stream.core.batch import BatchMessage, MessageDecoder
 from lstm_stream.core.contract import ModelContract
 from lstm_stream.core.protocol import (
     BAD_OUTPUT,
     STEP_FAILED,
     WRONG_SHARD,
     Rejection,
-    SensorDecoder,
     SensorMessage,
 )
 from lstm_stream.core.shard import Shard, shard_of
@@ -54,8 +54,17 @@ log = logging.getLogger(__name__)
 WARMUP_CALLS = 20  # batch-1 steps before the first message: caches, allocator, IOBinding
 WARMUP_ALL_BATCHES = 64  # every batch size up to this is warmed; powers of two above it
 
-Result = Stepped | Rejection
-Emit = Callable[[Result, int], None]  # (result, the message's receive time)
+@dataclass(slots=True)
+class BatchStepped:
+    """What a batch message (batch.py) gave: per row, in row order, its result."""
+
+    topic: str
+    results: list[Stepped | Rejection]
+
+
+Result = Stepped | Rejection  # of one reading
+Outcome = Stepped | Rejection | BatchStepped  # of one message
+Emit = Callable[[Outcome, int], None]  # (outcome, the message's receive time)
 
 
 class StreamStepper:
@@ -68,8 +77,11 @@ class StreamStepper:
         self.backend = backend
         self.store = StateStore(contract.states, max_streams=max_streams,
                                 idle_timeout_s=idle_timeout_s, max_gap=max_gap)
-        self.decoder = SensorDecoder(contract.n_features, contract.feature_names,
-                                     max_message_bytes)
+        self.decoder = MessageDecoder(contract.n_features, contract.feature_names,
+                                      max_message_bytes)
+        # what decode returns for this decoder: single readings, batch messages, rejections
+        self._decode: Callable[[list[bytes]], SensorMessage | BatchMessage | Rejection]
+        self._decode = self.decoder.decode
         self.calls = 0  # backend calls, batched or not
         self.shard = shard  # serve only these streams; None: all
         self._finite = backend.finite
@@ -82,6 +94,11 @@ class StreamStepper:
             self._extras.append((extra.name, slice(start, start + extra.width)))
             start += extra.width
 
+    @property
+    def extras(self) -> list[tuple[str, slice]]:
+        """(name, columns of ``y``) of each of the model's extra outputs."""
+        return self._extras
+
     def values(self, result: Stepped) -> tuple[list[float], dict[str, list[float]] | None]:
         """The output's ``y`` and, for a model with extra outputs, ``extra`` by name."""
         row = result.y[0]
@@ -90,15 +107,17 @@ class StreamStepper:
         return (row[:self._outputs].tolist(),
                 {name: row[where].tolist() for name, where in self._extras})
 
-    def step(self, frames: list[bytes], now_ns: int) -> Stepped | Rejection:
+    def step(self, frames: list[bytes], now_ns: int) -> Outcome:
         """Step one ``[topic, payload]`` message received at ``now_ns`` (monotonic or log time).
 
         A rejection changes no state: not the stream's arrays, not its seq.
         """
-        msg = self.decoder.decode(frames)
-        if type(msg) is Rejection:
+        msg = self._decode(frames)
+        if type(msg) is not SensorMessage:  # a rejection, or a batch message
+            if isinstance(msg, BatchMessage):
+                return self.step_batch(msg, now_ns)
+            assert isinstance(msg, Rejection)
             return msg
-        assert not isinstance(msg, Rejection)  # for mypy; free at run time
         return self.step_message(msg, now_ns)
 
     def step_message(self, msg: SensorMessage, now_ns: int) -> Stepped | Rejection:
@@ -150,31 +169,54 @@ class StreamStepper:
         in the order of ``items``, as soon as the batch holding it is stepped."""
         batch = _Batch(self, emit)
         limit = min(max_batch, self.store.max_streams, self.max_batch)
-        decode, admit = self.decoder.decode, self.store.admit
+        decode = self._decode
         for frames, now_ns in items:
             msg = decode(frames)
-            if type(msg) is Rejection:
-                batch.hold(msg, now_ns)
-                continue
-            assert not isinstance(msg, Rejection)  # for mypy; free at run time
-            if self.shard is not None and not self.shard.owns(msg.stream):
-                batch.hold(self._wrong_shard(msg), now_ns)
-                continue
-            if msg.stream in batch.names:
-                batch.flush()  # its previous message must be committed first
-            admission = admit(msg, now_ns)
-            if type(admission) is Rejection:
-                batch.hold(admission, now_ns)
-                continue
-            assert not isinstance(admission, Rejection)
-            batch.add(msg, admission, now_ns)
-            # A new stream evicts the least recently used one when the store is full:
-            # close the batch after it, so no stream of the batch is evicted before it
-            # is committed (the batch's own streams are the most recently used).
-            if len(batch.rows) >= limit or (admission.stream is None
-                                             and batch.created > self.store.room):
+            kind = type(msg)
+            if kind is SensorMessage:
+                self._add(batch, msg, now_ns, limit)  # type: ignore[arg-type]
+            elif kind is BatchMessage:  # its own rows, after everything before it
                 batch.flush()
+                emit(self.step_batch(msg, now_ns, max_batch=max_batch),  # type: ignore[arg-type]
+                     now_ns)
+            else:
+                batch.hold(msg, now_ns)  # type: ignore[arg-type]
         batch.flush()
+
+    def step_batch(self, message: BatchMessage, now_ns: int, *,
+                   max_batch: int = 1 << 30) -> BatchStepped:
+        """Step every row of a batch message as a single message with its values would
+        be (distinct streams, so one backend call when the limits allow)."""
+        results: list[Result] = []
+        batch = _Batch(self, lambda result, t: results.append(result))  # type: ignore[arg-type]
+        limit = min(max_batch, self.store.max_streams, self.max_batch)
+        for row in message.rows:
+            if type(row) is SensorMessage:
+                self._add(batch, row, now_ns, limit)
+            else:
+                batch.hold(row, now_ns)  # type: ignore[arg-type]
+        batch.flush()
+        return BatchStepped(message.topic, results)
+
+    def _add(self, batch: _Batch, msg: SensorMessage, now_ns: int, limit: int) -> None:
+        """Admit ``msg`` into ``batch`` (or hold its rejection), flushing as ordering needs."""
+        if self.shard is not None and not self.shard.owns(msg.stream):
+            batch.hold(self._wrong_shard(msg), now_ns)
+            return
+        if msg.stream in batch.names:
+            batch.flush()  # its previous message must be committed first
+        admission = self.store.admit(msg, now_ns)
+        if type(admission) is Rejection:
+            batch.hold(admission, now_ns)
+            return
+        assert not isinstance(admission, Rejection)
+        batch.add(msg, admission, now_ns)
+        # A new stream evicts the least recently used one when the store is full:
+        # close the batch after it, so no stream of the batch is evicted before it
+        # is committed (the batch's own streams are the most recently used).
+        if len(batch.rows) >= limit or (admission.stream is None
+                                         and batch.created > self.store.room):
+            batch.flush()
 
 
 class _Batch:

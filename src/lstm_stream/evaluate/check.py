@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -32,7 +33,7 @@ from lstm_stream.core.contract import ModelContract, PortSpec, load_contract
 from lstm_stream.core.errors import LstmStreamError
 from lstm_stream.core.model_io import ModelIO
 from lstm_stream.core.protocol import Rejection, encode_sensor
-from lstm_stream.core.stepper import Stepped, StreamStepper
+from lstm_stream.core.stepper import StreamStepper
 
 # A reference: (the model's inputs by name, in its own shapes) -> its outputs by name.
 Reference = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -106,7 +107,7 @@ def _serve(contract: ModelContract, xs: np.ndarray) -> np.ndarray:
                             max_streams=max(1024, xs.shape[0]), idle_timeout_s=1e9)
     out = np.zeros((xs.shape[0], xs.shape[1], contract.n_outputs + contract.n_extra),
                    np.float32)
-    results: list[Stepped | Rejection] = []
+    results: list[Any] = []  # Stepped or Rejection: these messages are single readings
     for t in range(xs.shape[1]):  # a message of every sequence per tick, as a farm sends
         items = [([b"sensors", encode_sensor(t, xs[b, t], stream=f"seq{b}")], t)
                  for b in range(xs.shape[0])]

@@ -28,7 +28,7 @@ from lstm_stream.core.errors import LstmStreamError
 from lstm_stream.core.progress import NullProgress, Progress
 from lstm_stream.core.protocol import Rejection
 from lstm_stream.core.sources import Held, SourceStepper, StalePolicy, resolve_sources
-from lstm_stream.core.stepper import Stepped, StreamStepper
+from lstm_stream.core.stepper import BatchStepped, Outcome, Stepped, StreamStepper
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.evaluate.report import plot_predictions
 from lstm_stream.evaluate.results import LogFailure, LogOutcome, LogResult, StreamResult, to_plain
@@ -55,7 +55,7 @@ class _LogEvaluation:
                                      idle_timeout_s=options.idle_timeout_s,
                                      max_gap=options.max_gap,
                                      max_message_bytes=options.max_message_bytes)
-        self._step_frames: Callable[[list[bytes], int], Stepped | Rejection | Held]
+        self._step_frames: Callable[[list[bytes], int], Outcome | Held]
         self._step_frames = self.stepper.step
         self.sources: SourceStepper | None = None
         if options.sources:  # as serve does with [[input.sources]]
@@ -132,30 +132,43 @@ class _LogEvaluation:
         return self.result
 
     def _flush(self, pending: list[tuple[list[bytes], int]],
-               emit: Callable[[Stepped | Rejection | Held, int], None]) -> None:
+               emit: Callable[[Outcome | Held, int], None]) -> None:
         if pending:
             self.stepper.step_many(pending, emit, max_batch=self.options.batch)
             pending.clear()
 
-    def _emit(self, emitter: Emitter, out: Stepped | Rejection | Held, t: int) -> None:
+    def _emit(self, emitter: Emitter, out: Outcome | Held, t: int) -> None:
         # What is written comes from the emitter, as serve publishes it (latency 0:
         # offline, there is no machine to measure); the rest is eval's own bookkeeping.
-        if type(out) is Held:  # a source's value kept, or a trigger not stepped
+        if type(out) is Stepped:
+            assert isinstance(out, Stepped)
+            emitter.output(out, 0, t)
+            self._stepped(out, t)
+        elif type(out) is Rejection:
+            assert isinstance(out, Rejection)
+            emitter.rejection(out, t)
+            self._rejected(out)
+        elif type(out) is BatchStepped:  # one output message, as serve answers it
+            assert isinstance(out, BatchStepped)
+            emitter.output_batch(out, 0, t)
+            for row in out.results:
+                if isinstance(row, Stepped):
+                    self._stepped(row, t)
+                else:
+                    self._rejected(row)
+        elif type(out) is Held:  # a source's value kept, or a trigger not stepped
             assert isinstance(out, Held)
             if out.event is not None:
                 emitter.event(out.event, t)
-            return
-        if type(out) is Rejection:
-            assert isinstance(out, Rejection)
-            emitter.rejection(out, t)
-            self.result.rejection_examples.setdefault(out.reason, out.detail)
-            if out.stream is not None:
-                s = self._stream(out.stream)
-                s.rejected += 1
-                s.rejections[out.reason] = s.rejections.get(out.reason, 0) + 1
-            return
-        assert isinstance(out, Stepped)
-        emitter.output(out, 0, t)
+
+    def _rejected(self, out: Rejection) -> None:
+        self.result.rejection_examples.setdefault(out.reason, out.detail)
+        if out.stream is not None:
+            s = self._stream(out.stream)
+            s.rejected += 1
+            s.rejections[out.reason] = s.rejections.get(out.reason, 0) + 1
+
+    def _stepped(self, out: Stepped, t: int) -> None:
         s = self._stream(out.msg.stream)
         s.stepped += 1
         if out.reset is not None:

@@ -10,8 +10,10 @@ import time
 from typing import Any, cast
 
 import msgpack
+import numpy as np
 import zmq
 
+from lstm_stream.core.batch import encode_sensor_batch
 from lstm_stream.core.errors import LstmStreamError
 from lstm_stream.serve.security.curve import ClientKeys
 
@@ -122,6 +124,14 @@ class VehicleStack:
 
     def send(self, payload: bytes, topic: bytes = b"sensors") -> None:
         self.pub.send_multipart([topic, payload])
+
+    def send_batch(self, streams: list[str], seqs: list[int], x: np.ndarray, *,
+                   stamps: list[int | None] | None = None, resets: list[bool] | None = None,
+                   topic: bytes = b"sensors") -> None:
+        """One batch message (protocol v1.1): row ``i`` of ``x`` (streams, features) is
+        the reading of ``streams[i]``; the runner answers with one output message."""
+        self.pub.send_multipart([topic, encode_sensor_batch(streams, seqs, x, stamps=stamps,
+                                                            resets=resets)])
 
     def send_frames(self, frames: list[bytes]) -> None:
         self.pub.send_multipart(frames)

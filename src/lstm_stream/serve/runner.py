@@ -51,7 +51,7 @@ from lstm_stream.core.snapshot import (
 )
 from lstm_stream.core.snapshot_files import check_snapshot_path
 from lstm_stream.core.sources import Held, SourceStepper, StalePolicy, resolve_sources
-from lstm_stream.core.stepper import Stepped, StreamStepper, warm_up
+from lstm_stream.core.stepper import BatchStepped, Outcome, Stepped, StreamStepper, warm_up
 from lstm_stream.serve.control import LATENCY_WINDOW, ControlRequests, Counters
 from lstm_stream.serve.health import HealthTracker
 from lstm_stream.serve.security.curve import ServerKeys, load_server_keys
@@ -323,26 +323,34 @@ class Runner(ControlRequests):
         self.counters.received += len(items)
         self.stepper.step_many(items, self._publish_result, max_batch=self._max_batch)
 
-    def _publish_result(self, result: Stepped | Rejection, t_recv_ns: int) -> None:
-        if type(result) is Rejection:
-            self._emit_rejection(result, t_recv_ns)
+    def _publish_result(self, result: Outcome, t_recv_ns: int) -> None:
+        if type(result) is not Stepped:  # a rejection, or a batch message's rows
+            self._publish_other(result, t_recv_ns)
             return
-        assert not isinstance(result, Rejection)  # for mypy; free at run time
+        assert isinstance(result, Stepped)  # for mypy; free at run time
         latency = time.monotonic_ns() - t_recv_ns
         self._emit_output(result, latency, t_recv_ns)
         self._latencies[self.counters.stepped % LATENCY_WINDOW] = latency
 
-    def _publish_checked(self, result: Stepped | Rejection | Held, t_recv_ns: int) -> None:
-        """The publish path of multi-source runners and deadlines (see _publish_result)."""
-        kind = type(result)
-        if kind is Held:
+    def _publish_other(self, result: Outcome | Held, t_recv_ns: int) -> None:
+        if type(result) is Rejection:
+            assert isinstance(result, Rejection)
+            self._emit_rejection(result, t_recv_ns)
+        elif type(result) is BatchStepped:  # one output message for the stepped rows
+            assert isinstance(result, BatchStepped)
+            latency = time.monotonic_ns() - t_recv_ns
+            rows = self.emitter.output_batch(result, latency, t_recv_ns)
+            stepped = self.counters.stepped  # every stepped row waited as long as its message
+            self._latencies[np.arange(stepped - rows + 1, stepped + 1) % LATENCY_WINDOW] = latency
+        elif type(result) is Held:
             assert isinstance(result, Held)
             if result.event is not None:
                 self.emitter.event(result.event, t_recv_ns)
-            return
-        if kind is Rejection:
-            assert isinstance(result, Rejection)
-            self._emit_rejection(result, t_recv_ns)
+
+    def _publish_checked(self, result: Outcome | Held, t_recv_ns: int) -> None:
+        """The publish path of multi-source runners and deadlines (see _publish_result)."""
+        if type(result) is not Stepped:
+            self._publish_other(result, t_recv_ns)
             return
         assert isinstance(result, Stepped)
         latency = time.monotonic_ns() - t_recv_ns

@@ -1,0 +1,177 @@
+"""Batch messages (protocol v1.1): the readings of many streams in one message.
+
+A simulation farm steps hundreds of vehicles per tick; one ZeroMQ message per
+vehicle costs more Python than the model does. A batch message carries them all:
+
+    {"streams": ["car0", "car1", ...], "seq": [7, 7, ...], "stamp_ns": [...] (optional),
+     "x": bin of B x F little-endian float32 (or B arrays of F numbers),
+     "reset": [false, true, ...] (optional)}
+
+on the same topic as single readings. Each row is decoded, admitted, stepped and
+committed exactly as a single message with its values would be: a bad row (NaN,
+a stale seq, a bad name, a stream named twice) is rejected alone and changes
+nothing. The runner answers with one output message of the same shape
+(:func:`encode_batch_output`): ``y`` a bin of B' x outputs float32 for the B'
+rows that were stepped, ``step``, ``reset`` and ``gap`` as arrays, and one
+rejection per refused row on the diagnostics topic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from lstm_stream.core.protocol import (
+    BAD_TYPE,
+    BAD_VALUE,
+    DUPLICATE_STREAM,
+    MAX_SEQ,
+    MAX_STREAM_NAME_BYTES,
+    MISSING_KEY,
+    NON_FINITE,
+    WRONG_LENGTH,
+    Rejection,
+    SensorDecoder,
+    SensorMessage,
+)
+
+_NUMBER = (int, float)
+
+
+@dataclass(slots=True)
+class BatchMessage:
+    """A decoded batch message: per row a reading to step, or why that row is refused."""
+
+    topic: str
+    rows: list[SensorMessage | Rejection]
+
+
+class MessageDecoder(SensorDecoder):
+    """A :class:`SensorDecoder` that also takes batch messages (a map with ``streams``)."""
+
+    def _decode_body(self, topic: str,  # type: ignore[override]
+                     body: dict[Any, Any]) -> SensorMessage | BatchMessage | Rejection:
+        if "streams" in body:
+            return self._decode_batch(topic, body)
+        return self._decode_map(topic, body)
+
+    def _decode_batch(self, topic: str, body: dict[Any, Any]) -> BatchMessage | Rejection:
+        streams = body["streams"]
+        if type(streams) is not list or not streams:
+            return Rejection(BAD_TYPE, "'streams' must be a non-empty array of stream names "
+                             "(a batch message, docs/protocol.md)", topic)
+        n = len(streams)
+        columns = {}
+        for key, default in (("seq", None), ("stamp_ns", [None] * n), ("reset", [False] * n)):
+            value = body.get(key, default)
+            if value is None:
+                return Rejection(MISSING_KEY, f"'{key}' is required: an array of {n} integers, "
+                                 "one per stream", topic)
+            if type(value) is not list or len(value) != n:
+                return Rejection(WRONG_LENGTH, f"'{key}' must be an array of {n} values, one "
+                                 f"per stream in 'streams'", topic)
+            columns[key] = value
+        if "x" not in body:
+            return Rejection(MISSING_KEY, "'x' is required: a bin of streams x features "
+                             "float32", topic)
+        x = self._batch_features(body["x"], n)
+        if isinstance(x, Rejection):
+            x.topic = topic
+            return x
+        finite = np.isfinite(x).all(axis=1)
+        rows: list[SensorMessage | Rejection] = []
+        seen: set[str] = set()
+        for i, (stream, seq, stamp, reset) in enumerate(zip(
+                streams, columns["seq"], columns["stamp_ns"], columns["reset"], strict=True)):
+            row = _row(topic, i, stream, seq, stamp, reset)
+            if isinstance(row, Rejection):
+                rows.append(row)
+                continue
+            if stream in seen:
+                rows.append(Rejection(DUPLICATE_STREAM, f"stream {stream[:256]!r} appears more "
+                                      f"than once in this batch message (row {i}); send its "
+                                      "next reading in the next message", topic, stream, seq))
+                continue
+            seen.add(stream)
+            if not finite[i]:
+                bad = int(np.flatnonzero(~np.isfinite(x[i]))[0])
+                rows.append(Rejection(NON_FINITE, f"'x' row {i} holds NaN or Inf (first at "
+                                      f"index {bad})", topic, stream, seq))
+                continue
+            rows.append(SensorMessage(topic, stream, seq, stamp, x[i:i + 1], reset))
+        return BatchMessage(topic, rows)
+
+    def _batch_features(self, value: Any, n: int) -> np.ndarray | Rejection:
+        """``x`` of a batch message as float32 (n, features), or why the whole message
+        cannot be used (its rows cannot be told apart)."""
+        f = self.n_features
+        if type(value) is bytes:
+            if len(value) != n * self._x_bytes:
+                return Rejection(WRONG_LENGTH, f"'x' is {len(value)} bytes; {n} streams x {f} "
+                                 f"float32 features are {n * self._x_bytes} bytes")
+            return np.ndarray((n, f), "<f4", value)  # a read-only view, no copy
+        if type(value) is list:
+            if len(value) != n or any(type(r) is not list or len(r) != f for r in value):
+                return Rejection(WRONG_LENGTH, f"'x' must be {n} arrays of {f} numbers, one "
+                                 "per stream")
+            if any(type(v) not in _NUMBER for r in value for v in r):
+                return Rejection(BAD_TYPE, "'x' must hold only numbers")
+            with np.errstate(over="ignore"):  # beyond float32: inf, rejected per row
+                return np.array(value, dtype=np.float32).reshape(n, f)
+        return Rejection(BAD_TYPE, "'x' of a batch message must be a bin of streams x features "
+                         "float32 or an array of arrays of numbers")
+
+
+def _row(topic: str, i: int, stream: Any, seq: Any, stamp: Any,
+         reset: Any) -> tuple[()] | Rejection:
+    """Why row ``i`` cannot be stepped, or ``()`` when its keys are valid."""
+    if type(stream) is not str or not stream or len(stream.encode()) > MAX_STREAM_NAME_BYTES:
+        return Rejection(BAD_VALUE, f"'streams'[{i}] must be a name of 1 to "
+                         f"{MAX_STREAM_NAME_BYTES} UTF-8 bytes", topic)
+    if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
+        return Rejection(BAD_VALUE, f"'seq'[{i}] must be an integer between 0 and 2**63-1",
+                         topic, stream)
+    if stamp is not None and (type(stamp) is not int or not 0 <= stamp <= MAX_SEQ):
+        return Rejection(BAD_VALUE, f"'stamp_ns'[{i}] must be an integer (nanoseconds) or nil",
+                         topic, stream, seq)
+    if type(reset) is not bool:
+        return Rejection(BAD_TYPE, f"'reset'[{i}] must be true or false", topic, stream, seq)
+    return ()
+
+
+def encode_sensor_batch(streams: list[str], seqs: list[int], x: np.ndarray, *,
+                        stamps: list[int | None] | None = None,
+                        resets: list[bool] | None = None) -> bytes:
+    """Encode a batch message: ``x`` is (streams, features); what a simulation farm sends."""
+    body: dict[str, Any] = {"streams": list(streams), "seq": list(seqs),
+                            "x": np.ascontiguousarray(x, dtype="<f4").tobytes()}
+    if stamps is not None:
+        body["stamp_ns"] = list(stamps)
+    if resets is not None:
+        body["reset"] = list(resets)
+    out: bytes = msgpack.packb(body, use_bin_type=True)
+    return out
+
+
+def encode_batch_output(packer: msgpack.Packer, rows: list[Any], y: np.ndarray,
+                        latency_ns: int, extra: dict[str, np.ndarray] | None = None) -> bytes:
+    """The output of a batch message's stepped ``rows`` (Stepped): ``y`` (rows, outputs)."""
+    body: dict[str, Any] = {
+        "streams": [r.msg.stream for r in rows], "seq": [r.msg.seq for r in rows],
+        "stamp_ns": [r.msg.stamp_ns for r in rows],
+        "y": np.ascontiguousarray(y, dtype="<f4").tobytes(),
+        "step": [r.step for r in rows], "reset": [r.reset for r in rows],
+        "gap": [r.gap for r in rows], "latency_ns": latency_ns}
+    if extra is not None:
+        body["extra"] = {name: np.ascontiguousarray(v, dtype="<f4").tobytes()
+                         for name, v in extra.items()}
+    out: bytes = packer.pack(body)
+    return out
+
+
+def decode_batch_output(body: dict[str, Any], n_outputs: int) -> np.ndarray:
+    """``y`` of a batch output as float32 (streams, outputs)."""
+    return np.frombuffer(body["y"], "<f4").reshape(len(body["streams"]), n_outputs)
