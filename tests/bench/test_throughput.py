@@ -166,3 +166,23 @@ def test_throughput_cli_writes_a_complete_report(tmp_path: Path) -> None:
     assert "machine " in done.stdout and "floor a': a Python server" in done.stdout
     if plot:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_throughput_has_a_batch_message_row_against_the_same_batch(tmp_path: Path) -> None:
+    out = tmp_path / "t.json"
+    cmd = [sys.executable, "-m", "lstm_stream", "--log-level", "warning", "bench",
+           "--throughput", "--quick", "--streams", "10", "--duration", "0.5", "--steps", "200",
+           "--servers", "runner,runner-batch-messages", "--model", MODEL, "--json", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    (row,) = [r for r in report["throughput"] if r["server"] == "runner-batch-messages"]
+    assert row["lost"] == 0 and row["reordered"] == 0 and row["received"] == row["sent"] > 0
+    assert row["sent"] % 10 == 0  # whole ticks: every message carries the ten streams
+    (v,) = report["batch_messages"]
+    assert v["streams"] == v["floor_b_batch"] == 10
+    assert v["ratio_to_floor_b"] == pytest.approx(v["steps_per_s"] / v["floor_b_steps_per_s"],
+                                                  rel=1e-2)
+    assert v["gain"] == pytest.approx(v["steps_per_s"] / v["runner_steps_per_s"], rel=1e-2)
+    assert "batch messages: one message per tick" in done.stdout

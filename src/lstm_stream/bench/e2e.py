@@ -174,7 +174,7 @@ def generator_sockets(ctx: zmq.Context[Any], ends: Endpoints, *topics: bytes
 
 
 def wait_until_served(pub: zmq.Socket[Any], sub: zmq.Socket[Any], timeout_s: float,
-                      send_one: Callable[[], None]) -> None:
+                      send_one: Callable[[], object]) -> None:
     """Wait for the server's subscription, then send until outputs flow (slow joiner)."""
     deadline = time.monotonic() + timeout_s
     while not (pub.poll(100) and pub.recv() == b"\x01sensors"):

@@ -100,8 +100,8 @@ class ThroughputGenerator:
         self.reordered = 0
         self._pack = msgpack.Packer(use_bin_type=True).pack
 
-    def send(self, n: int) -> None:
-        """Send the next ``n`` messages of the round robin."""
+    def send(self, n: int) -> int:
+        """Send the next ``n`` messages of the round robin; returns how many it sent."""
         names, xs, count = self.names, self.xs, len(self.names)
         i, seq = self.cursor, self.seq
         send, more, pack, clock = self.pub.send, zmq.SNDMORE, self._pack, time.monotonic_ns
@@ -112,6 +112,7 @@ class ThroughputGenerator:
             if i == count:
                 i, seq = 0, seq + 1
         self.cursor, self.seq = i, seq
+        return n
 
     def receive(self, latencies: list[int]) -> tuple[int, int]:
         """Take every output already queued; returns (outputs, rejections)."""
@@ -163,8 +164,7 @@ class ThroughputGenerator:
             if sending:
                 credit = window - (sent - answered)
                 if credit > 0:
-                    self.send(credit)
-                    sent += credit
+                    sent += self.send(credit)
             elif sent == answered:
                 break
             outputs, rejections = self.receive(latencies)
@@ -190,5 +190,63 @@ class ThroughputGenerator:
         self.pub.close(0)
         self.sub.close(0)
 
+
+
+class BatchMessageGenerator(ThroughputGenerator):
+    """Like :class:`ThroughputGenerator`, but every message is a batch message (protocol
+    v1.1) with the next reading of every stream, as a simulation farm sends a tick;
+    ``window`` and the counts are in rows (steps), so the figures compare."""
+
+    def __init__(self, ctx: zmq.Context[Any], ends: Endpoints, n_features: int,
+                 streams: int, window: int) -> None:
+        super().__init__(ctx, ends, n_features, streams, max(window, 2 * streams))
+        self._x = b"".join(self.xs)
+
+    def send(self, n: int) -> int:
+        """Send whole ticks (one message of every stream) while ``n`` rows of credit last."""
+        count = len(self.names)
+        ticks = n // count
+        send, more, pack, clock = self.pub.send, zmq.SNDMORE, self._pack, time.monotonic_ns
+        for _ in range(ticks):
+            stamp = clock()
+            send(b"sensors", more)
+            send(pack({"streams": self.names, "seq": [self.seq] * count,
+                       "stamp_ns": [stamp] * count, "x": self._x}))
+            self.seq += 1
+        return ticks * count
+
+    def receive(self, latencies: list[int]) -> tuple[int, int]:
+        """Take every output already queued; returns (rows stepped, rows rejected)."""
+        recv, noblock = self.sub.recv, zmq.NOBLOCK
+        unpack, clock = msgpack.unpackb, time.monotonic_ns
+        index, expect = self.index, self.expect
+        outputs = rejections = 0
+        while True:
+            try:
+                topic = recv(noblock)
+            except zmq.Again:
+                return outputs, rejections
+            body = unpack(recv())
+            now = clock()
+            if topic != b"policy":
+                rejections += body.get("event") == "rejected"
+                continue
+            rows = len(body["streams"])
+            latencies.extend([now - body["stamp_ns"][0]] * rows)
+            for name, seq in zip(body["streams"], body["seq"], strict=True):
+                j = index[name]
+                if seq < expect[j]:
+                    self.reordered += 1
+                else:
+                    expect[j] = seq + 1
+            outputs += rows
+
+    def connect(self, timeout_s: float = 30.0) -> None:
+        """Wait for the server's subscription, then until outputs flow (slow joiner)."""
+        wait_until_served(self.pub, self.sub, timeout_s,
+                          lambda: self.send(len(self.names)))
+        while self.sub.poll(200):
+            self.sub.recv_multipart()
+        self.expect = [self.seq] * len(self.names)
 
 # -- servers ----------------------------------------------------------------------

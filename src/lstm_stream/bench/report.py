@@ -235,8 +235,27 @@ def render_throughput(report: ThroughputReport) -> str:
         "generator, not the server, set the pace ('limited by').",
         *_generator_lines(report.generator),
         *_target_lines(report.verdict),
+        *_batch_message_lines(report.batch_messages),
     ]
     return "\n".join(lines)
+
+
+def _batch_message_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Batch messages (protocol v1.1) against the bare batched run of the same batch."""
+    if not rows:
+        return []
+    return [
+        "",
+        "batch messages: one message per tick with every stream's reading, against floor b' "
+        "of the same batch (goal >= 0.5x) and the runner fed one message per stream",
+        render_table(["transport", "streams", "steps/s", "floor b' (batch)", "ratio",
+                      "one per stream", "gain", "lost", "reord", "limited by"],
+                     [[v["transport"], v["streams"], _rate(v["steps_per_s"]),
+                       f"{_rate(v['floor_b_steps_per_s'])} ({v['floor_b_batch']})",
+                       _x(v["ratio_to_floor_b"]), _rate(v["runner_steps_per_s"]),
+                       _x(v["gain"]), v["lost"], v["reordered"], v["limited_by"]]
+                      for v in rows]),
+    ]
 
 
 def _generator_lines(g: dict[str, Any]) -> list[str]:

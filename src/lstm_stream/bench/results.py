@@ -51,12 +51,13 @@ class ThroughputReport(ReportHeader):
     throughput: list[dict[str, Any]]
     verdict: list[dict[str, Any]]
     generator: dict[str, Any]  # what the load generator pushed and what it cost
+    batch_messages: list[dict[str, Any]] = field(default_factory=list)  # protocol v1.1
 
     def to_json(self) -> dict[str, Any]:
         return {"suite": "throughput", "platform": self.platform, "model": self.model,
                 "started": self.started, "floor_b": self.floor_b,
                 "throughput": self.throughput, "verdict": self.verdict,
-                "generator": self.generator}
+                "generator": self.generator, "batch_messages": self.batch_messages}
 
 
 @dataclass

@@ -44,7 +44,7 @@ from lstm_stream.bench.e2e import (
     process_usage,
     server_process,
 )
-from lstm_stream.bench.load import ThroughputGenerator, default_window
+from lstm_stream.bench.load import BatchMessageGenerator, ThroughputGenerator, default_window
 from lstm_stream.bench.platform import platform_record
 from lstm_stream.bench.results import ThroughputReport, model_record
 from lstm_stream.bench.stats import summarize_ns
@@ -59,7 +59,8 @@ from lstm_stream.serve.client import control_request
 log = logging.getLogger(__name__)
 
 FLOOR_A = "decode"
-RUNNERS = ("runner-unbatched", "runner")
+BATCH_MESSAGES = "runner-batch-messages"  # the batched runner, fed one batch message a tick
+RUNNERS = ("runner-unbatched", "runner", BATCH_MESSAGES)
 SERVERS = ("decode", *RUNNERS, "naive-ort", "naive-torch")
 KNOWN_SERVERS = (*SERVERS, "echo")
 LABELS = {
@@ -67,6 +68,7 @@ LABELS = {
     "echo": "echo (floor a of the latency suite)",
     "runner-unbatched": "runner, max_batch 1",
     "runner": "runner, batched",
+    BATCH_MESSAGES: "runner, batch messages (one per tick)",
     "naive-ort": "naive onnxruntime server",
     "naive-torch": "naive torch server",
 }
@@ -154,7 +156,8 @@ def measure_throughput(kind: str, streams: int, transport: str, settings: Throug
     window = settings.window or default_window(streams, settings.batch_limit)
     ends = endpoints(transport)
     ctx = zmq.Context()
-    gen = ThroughputGenerator(ctx, ends, n_features, streams, window)
+    kind_of_load = BatchMessageGenerator if kind == BATCH_MESSAGES else ThroughputGenerator
+    gen = kind_of_load(ctx, ends, n_features, streams, window)
     try:
         with start_server(kind, ends, streams, settings) as server:
             gen.connect()
@@ -224,7 +227,9 @@ def run_throughput(settings: ThroughputSettings,
     servers = [s for s in settings.servers if s != "naive-torch" or has_torch()]
     configs = [(t, n, s) for t in settings.transports for n in settings.streams
                for s in servers]
-    batches = sorted({min(n, settings.batch_limit) for n in settings.streams})
+    batches = sorted({min(n, settings.batch_limit) for n in settings.streams}
+                     # a batch message of n streams is one call of n rows
+                     | (set(settings.streams) if BATCH_MESSAGES in servers else set()))
     progress.start("throughput", total=len(batches) + len(configs))
     started = time.time()
     floor_b = []
@@ -243,7 +248,7 @@ def run_throughput(settings: ThroughputSettings,
         model=model_record(settings.model, contract),
         started=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         floor_b=floor_b, throughput=rows, verdict=verdict(rows, floor_b, settings.batch_limit),
-        generator=generator_summary(rows))
+        generator=generator_summary(rows), batch_messages=batch_message_verdict(rows, floor_b))
 
 
 def _settings_record(s: ThroughputSettings) -> dict[str, Any]:
@@ -289,6 +294,29 @@ def verdict(rows: list[dict[str, Any]], floor_b: list[dict[str, Any]],
             "mean_batch": r["mean_batch"], "lost": r["lost"], "reordered": r["reordered"],
             "limited_by": r["limited_by"],
         })
+    return out
+
+
+def batch_message_verdict(rows: list[dict[str, Any]],
+                          floor_b: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per transport and stream count: batch messages (one message per tick carrying
+    every stream) against the bare batched run of the same batch, and against the
+    runner fed one message per stream (issue 16's goal: >= 0.5x the bare run)."""
+    by_batch = {f["batch"]: f["steps_per_s"] for f in floor_b}
+    rate = {(r["transport"], r["streams"], r["server"]): r["steps_per_s"] for r in rows}
+    out = []
+    for r in rows:
+        if r["server"] != BATCH_MESSAGES:
+            continue
+        floor = by_batch.get(r["streams"])
+        single = rate.get((r["transport"], r["streams"], "runner"))
+        out.append({"transport": r["transport"], "streams": r["streams"],
+                    "steps_per_s": r["steps_per_s"], "floor_b_batch": r["streams"],
+                    "floor_b_steps_per_s": floor, "ratio_to_floor_b": _ratio(r["steps_per_s"],
+                                                                              floor),
+                    "runner_steps_per_s": single, "gain": _ratio(r["steps_per_s"], single),
+                    "lost": r["lost"], "reordered": r["reordered"],
+                    "limited_by": r["limited_by"]})
     return out
 
 

@@ -177,8 +177,8 @@ class StreamStepper:
                 self._add(batch, msg, now_ns, limit)  # type: ignore[arg-type]
             elif kind is BatchMessage:  # its own rows, after everything before it
                 batch.flush()
-                emit(self.step_batch(msg, now_ns, max_batch=max_batch),  # type: ignore[arg-type]
-                     now_ns)
+                # the message is its sender's batch: its rows share one call
+                emit(self.step_batch(msg, now_ns), now_ns)  # type: ignore[arg-type]
             else:
                 batch.hold(msg, now_ns)  # type: ignore[arg-type]
         batch.flush()
