@@ -59,6 +59,11 @@ def test_eval_of_a_multi_source_log_equals_serve_fed_by_replay(tmp_path: Path) -
     log = write_vehicle_log(tmp_path / "drive.mcap")
     assert main(["eval", str(log), "--model", str(model), "--config", str(config)]) == 0
     offline = policy_outputs(tmp_path / "drive.policy.mcap")
+    # one message per call gives the same file: sources are assembled one at a time anyway
+    first = (tmp_path / "drive.policy.mcap").read_bytes()
+    assert main(["eval", str(log), "--model", str(model), "--config", str(config),
+                 "--set", "batching.max_batch=1"]) == 0
+    assert (tmp_path / "drive.policy.mcap").read_bytes() == first
     assert len(offline) > 250  # two IMUs at 100 Hz, less the waits for the first gnss
     assert any(o["stale"] == ["gnss"] for o in offline)  # car1's GNSS stopped
     assert any(o["stale"] is None for o in offline)
