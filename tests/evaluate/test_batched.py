@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import numpy as np
 import pytest
+import zmq
 
 from lstm_stream.core.batch import decode_batch_output, encode_sensor_batch
 from lstm_stream.core.protocol import encode_sensor
 from lstm_stream.evaluate.fleet import evaluate
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.logs.reader import LogReader
+from lstm_stream.logs.replay import ReplayConfig, Replayer
 from lstm_stream.logs.writer import LogWriter
 
 from helpers.logs import T0
-from helpers.support import REPO
+from helpers.support import REPO, VehicleStack, serve_process
 
 MODEL = str(REPO / "models" / "random_lstm.onnx")
 MS = 1_000_000
@@ -120,3 +123,35 @@ def test_eval_of_batch_messages_equals_the_same_readings_one_by_one(tmp_path: Pa
                 one["step"], one["reset"], one["gap"])
             rows += 1
     assert rows == len(singles) == 999
+
+
+def test_a_batch_message_log_replayed_into_serve_gives_what_eval_writes(
+        tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    names = [f"sim/{i}" for i in range(30)]
+    log = tmp_path / "farm.mcap"
+    with LogWriter(log) as farm:
+        for tick in range(20):
+            t = T0 + tick * 10 * MS
+            x = rng.normal(size=(30, 16)).astype(np.float32)
+            farm.write("sensors", encode_sensor_batch(names, [tick] * 30, x,
+                                                      stamps=[t] * 30), t)
+    evaluate([log], EvalOptions(model=MODEL))
+    offline = [msgpack.unpackb(m.data)
+               for m in LogReader(tmp_path / "farm.policy.mcap").messages(["policy"])]
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        cfg = ReplayConfig([log], output="tcp://127.0.0.1:*", rate=0, topics=["sensors"])
+        with Replayer(cfg, context=ctx) as rep, VehicleStack(ctx) as stack, \
+                serve_process(MODEL, rep.endpoint) as served:
+            stack.connect_outputs(served.output, served.control)
+            rep.run()
+            live = [o for topic, o in stack.receive(len(offline)) if topic == "policy"]
+    finally:
+        ctx.destroy(linger=0)
+    assert len(live) == len(offline) == 20
+    for out, ref in zip(live, offline, strict=True):
+        assert out["streams"] == ref["streams"] == names
+        np.testing.assert_allclose(decode_batch_output(out, 2), decode_batch_output(ref, 2),
+                                   atol=1e-6)
+        assert (out["step"], out["reset"], out["gap"]) == (ref["step"], ref["reset"], ref["gap"])
