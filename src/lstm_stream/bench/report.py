@@ -333,7 +333,7 @@ def render_eval(report: EvalBenchReport) -> str:
                      [[r["name"], _rate(r["steps_per_s"]), r["seconds"],
                        f"{r['ratio_to_floor']:.2f}x"] for r in report.rows]),
         "",
-        f"2 workers / 1 worker over the same two halves: {report.workers_2_over_1:.2f}x",
+        f"2 workers / 1 worker, batched, the same log: {report.workers_2_over_1:.2f}x",
         "",
         "where batched eval's time goes (each part timed alone over the log, us per message)",
         render_table(["part", "us/message"],

@@ -7,6 +7,7 @@ the same.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -14,11 +15,13 @@ from pathlib import Path
 from lstm_stream.core.contract import load_contract
 from lstm_stream.core.errors import EvaluationError
 from lstm_stream.core.progress import NullProgress, Progress
-from lstm_stream.evaluate import parallel
+from lstm_stream.evaluate import parallel, split
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.evaluate.report import write_report
 from lstm_stream.evaluate.results import EvalReport, LogResult, from_plain, gather
-from lstm_stream.evaluate.run import evaluate_log
+from lstm_stream.evaluate.run import evaluate_log, output_metadata
+
+log = logging.getLogger(__name__)
 
 WORKER_FUNCTION = "lstm_stream.evaluate.run:evaluate_log_plain"
 
@@ -50,12 +53,32 @@ def evaluate(paths: Sequence[str | Path], options: EvalOptions, *, workers: int 
         results = gather([from_plain(out) for out in outputs])
     elif workers > 1 and len(paths) > 1:
         results = _evaluate_parallel(paths, options, workers, progress)
+    elif workers > 1:  # one log: its streams over the workers
+        results = [_evaluate_split(Path(paths[0]), options, workers, progress, sha)]
     else:
         results = [evaluate_log(p, options, progress) for p in paths]
     report = EvalReport(results, options, sha)
     if options.report_dir:
         write_report(report, Path(options.report_dir))
     return report
+
+
+def _evaluate_split(path: Path, options: EvalOptions, workers: int, progress: Progress,
+                    sha: str) -> LogResult:
+    progress.start(f"eval {path.name} ({workers} workers)", workers)
+    plain = asdict(options)
+    outputs = parallel.run(WORKER_FUNCTION,
+                           [(str(path), {**plain, "shard": [i, workers]}) for i in range(workers)],
+                           workers, on_done=lambda _: progress.advance(1))
+    progress.close()
+    parts = gather([from_plain(out) for out in outputs])
+    reason = split.needs_one_piece(parts, options)
+    if reason is None:
+        return split.merge(path, options, parts, output_metadata(path, options, sha))
+    for part in parts:
+        Path(part.output).unlink(missing_ok=True)
+    log.warning("eval: %s is evaluated in one process: %s", path, reason)
+    return evaluate_log(path, options, progress)
 
 
 def _evaluate_parallel(paths: Sequence[str | Path], options: EvalOptions, workers: int,

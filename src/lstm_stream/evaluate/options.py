@@ -35,6 +35,8 @@ class EvalOptions:
     # [[input.sources]] as dicts (SourceConfig fields): several topics assembled into x
     sources: list[dict[str, Any]] = field(default_factory=list)
     stale: str = "flag"  # freshness.stale
+    shard: list[int] = field(default_factory=list)  # [i, n]: only streams of shard i of n
+    # (one log split over n workers, evaluate/split.py); [] = every stream
     batch: int = 64  # streams stepped in one backend call (as batching.max_batch); 1 = one
     # message per call. Outputs are the same either way (tests/evaluate/test_batched.py).
     ages: bool = False  # output.ages

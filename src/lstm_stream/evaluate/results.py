@@ -83,6 +83,10 @@ class LogResult:
     histogram: list[int] = field(default_factory=list)
     plot: str | None = None
     backend_calls: int = 0  # stepped / backend_calls: the mean batch
+    # one shard of a log split over workers (evaluate/split.py); not in report.json:
+    order_keys: list[list[int]] = field(default_factory=list)  # merge key of each message
+    example_seq: dict[str, int] = field(default_factory=dict)  # where each example came from
+    unsplittable: bool = False  # it holds batch messages: evaluate it in one piece
 
     def errors(self) -> ErrorSums:
         total = ErrorSums()
@@ -112,7 +116,8 @@ class LogResult:
                            "rejections": s.rejections, "resets": s.resets,
                            **s.errors.metrics()} for s in self.streams]
         out["metrics"] = self.errors().metrics()
-        del out["histogram"]
+        for internal in ("histogram", "order_keys", "example_seq", "unsplittable"):
+            del out[internal]
         return out
 
 

@@ -14,6 +14,7 @@ a Ray task runs :func:`evaluate_log_plain`, plain data in and out.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -29,6 +30,7 @@ from lstm_stream.core.progress import NullProgress, Progress
 from lstm_stream.core.protocol import Rejection
 from lstm_stream.core.sources import Held, SourceStepper, StalePolicy, resolve_sources
 from lstm_stream.core.stepper import BatchStepped, Outcome, Stepped, StreamStepper
+from lstm_stream.evaluate import split
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.evaluate.report import plot_predictions
 from lstm_stream.evaluate.results import LogFailure, LogOutcome, LogResult, StreamResult, to_plain
@@ -65,11 +67,22 @@ class _LogEvaluation:
                 stale=StalePolicy(options.stale), ages=options.ages,
                 max_message_bytes=options.max_message_bytes, max_streams=options.max_streams)
             self._step_frames = self.sources.step
-        self.result = LogResult(str(path), str(options.output_path(path)))
+        out = options.output_path(path)
+        if options.shard:  # a part, merged into the output by evaluate/split.py
+            out = out.with_name(f"{out.name}.part{options.shard[0]}of{options.shard[1]}")
+        self.result = LogResult(str(path), str(out))
         self.streams: dict[str, StreamResult] = {}
         self.scorer = Scorer(str(path), options.target_topic, options.target_key,
                              self.contract.n_outputs)
         self._outputs = self.contract.n_outputs
+        # One shard of a log split over workers: only its streams are stepped, and every
+        # message written gets the key that puts it back in place (evaluate/split.py).
+        self._shard = tuple(options.shard) if options.shard else None
+        self._keys: list[list[int]] | None = [] if self._shard else None
+        self._seqs: deque[int] = deque()  # log positions of the messages being stepped
+        self._last_commit: dict[str, int] = {}  # stream -> log position of its last step
+        self._default_stream = options.sources[0]["topic"] if options.sources else None
+        self._housekeeping_at = 0  # log position of the message that ran housekeeping
 
     def run(self, progress: Progress) -> LogResult:
         opts = self.options
@@ -85,11 +98,7 @@ class _LogEvaluation:
         progress.start(f"eval {self.path.name}", reader.message_count(wanted))
         out_path = Path(self.result.output)
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {fmt.KIND: "evaluation", "source": self.path.name, "model": Path(opts.model).name,
-                "model_sha256": self.contract.sha256, "backend": opts.backend,
-                "sensor_topics": ",".join(opts.sensor_topics),
-                "idle_timeout_s": opts.idle_timeout_s, "max_gap": opts.max_gap,
-                "max_streams": opts.max_streams}
+        meta = output_metadata(self.path, opts, self.contract.sha256)
         sensor_set = {t: t.encode() for t in sensors}
         next_housekeeping = -1
         done = 0
@@ -107,8 +116,17 @@ class _LogEvaluation:
                 if topic is not None:
                     if msg.log_time_ns >= next_housekeeping:
                         self._flush(pending, emit)
+                        self._housekeeping_at = msg.sequence
                         self._housekeeping(emitter, msg.log_time_ns)
                         next_housekeeping = msg.log_time_ns + HOUSEKEEPING_NS
+                    if self._shard is not None:
+                        owner = split.owner(msg.data, self._default_stream or msg.topic)
+                        if owner is split.BATCH:
+                            self.result.unsplittable = True
+                            break
+                        if split.shard_of_owner(owner, self._shard[1]) != self._shard[0]:
+                            continue
+                        self._seqs.append(msg.sequence)
                     self.result.messages += 1
                     if batched:
                         pending.append(([topic, msg.data], msg.log_time_ns))
@@ -117,7 +135,8 @@ class _LogEvaluation:
                     else:
                         emit(self._step_frames([topic, msg.data], msg.log_time_ns),
                              msg.log_time_ns)
-                else:
+                elif self._shard is None or split.shard_of_owner(
+                        split.owner(msg.data, None), self._shard[1]) == self._shard[0]:
                     self.scorer.target(msg.data, msg.sequence, msg.log_time_ns)
                 done += 1
                 if done % PROGRESS_EVERY == 0:
@@ -128,6 +147,7 @@ class _LogEvaluation:
         self.result.stepped = emitter.counters.stepped
         self.result.backend_calls = self.stepper.calls
         self.result.rejected = dict(emitter.counters.rejected)
+        self.result.order_keys = self._keys or []
         self._score()
         return self.result
 
@@ -140,14 +160,22 @@ class _LogEvaluation:
     def _emit(self, emitter: Emitter, out: Outcome | Held, t: int) -> None:
         # What is written comes from the emitter, as serve publishes it (latency 0:
         # offline, there is no machine to measure); the rest is eval's own bookkeeping.
+        keys = self._keys
+        at = self._seqs.popleft() if keys is not None else 0
         if type(out) is Stepped:
             assert isinstance(out, Stepped)
             emitter.output(out, 0, t)
             self._stepped(out, t)
+            if keys is not None:
+                keys.append([at, 1, 0])
+                self._last_commit[out.msg.stream] = at
         elif type(out) is Rejection:
             assert isinstance(out, Rejection)
             emitter.rejection(out, t)
             self._rejected(out)
+            if keys is not None:
+                keys.append([at, 1, 0])
+                self.result.example_seq.setdefault(out.reason, at)
         elif type(out) is BatchStepped:  # one output message, as serve answers it
             assert isinstance(out, BatchStepped)
             emitter.output_batch(out, 0, t)
@@ -160,6 +188,8 @@ class _LogEvaluation:
             assert isinstance(out, Held)
             if out.event is not None:
                 emitter.event(out.event, t)
+                if keys is not None:
+                    keys.append([at, 1, 0])
 
     def _rejected(self, out: Rejection) -> None:
         self.result.rejection_examples.setdefault(out.reason, out.detail)
@@ -177,7 +207,10 @@ class _LogEvaluation:
                            out.y[0, :self._outputs].astype(np.float64))
 
     def _housekeeping(self, emitter: Emitter, now: int) -> None:
-        emitter.expire(self.stepper.store, now)
+        expired = emitter.expire(self.stepper.store, now)
+        if self._keys is not None:  # in the store's order: least recently stepped first
+            self._keys.extend([self._housekeeping_at, 0, self._last_commit.get(s.name, -1)]
+                              for s in expired)
         if self.sources is not None:
             self.sources.forget_idle(now, self.stepper.store.idle_timeout_ns)
 
@@ -193,9 +226,18 @@ class _LogEvaluation:
         result.targets, result.targets_rejected = self.scorer.accepted, self.scorer.rejected
         scored = self.scorer.score(result.streams)
         result.histogram, result.unmatched_outputs = scored.histogram, scored.unmatched_outputs
-        if self.options.report_dir and scored.series:
+        if self.options.report_dir and scored.series and self._shard is None:
             result.plot = plot_predictions(self.path, scored.series, self.options,
                                            self.contract.output_names)
+
+
+def output_metadata(path: Path, opts: EvalOptions, model_sha256: str) -> dict[str, Any]:
+    """The metadata of an eval output file (fixed, so that reruns give the same bytes)."""
+    return {fmt.KIND: "evaluation", "source": path.name, "model": Path(opts.model).name,
+            "model_sha256": model_sha256, "backend": opts.backend,
+            "sensor_topics": ",".join(opts.sensor_topics),
+            "idle_timeout_s": opts.idle_timeout_s, "max_gap": opts.max_gap,
+            "max_streams": opts.max_streams}
 
 
 def evaluate_log(path: str | Path, options: EvalOptions,

@@ -1,0 +1,111 @@
+"""One large log over several workers: each steps the streams of its shard, then merge.
+
+Streams are independent, so the streams of one log can be evaluated in ``n``
+processes: worker ``i`` reads the whole log (every sensor message's log time
+drives housekeeping, as in one process), steps only the streams whose CRC-32
+shard is ``i`` (as ``serve --shard`` does), and writes its part of the output
+with a merge key for each message: the log position of the message it answers,
+and for an idle expiry the position of that stream's last step (the order in
+which one process expires streams). :func:`merge` interleaves the parts by those
+keys into the output file one process would have written, byte for byte.
+
+Two things couple streams, and a log that has them is evaluated in one piece
+instead (:func:`needs_one_piece`): batch messages (a row of every shard in one
+message), and more distinct streams than ``state.max_streams`` (eviction picks
+the least recently used stream across all of them).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from lstm_stream.core.shard import shard_of
+from lstm_stream.evaluate.options import EvalOptions
+from lstm_stream.evaluate.results import LogResult, StreamResult
+from lstm_stream.logs.reader import LogReader
+from lstm_stream.logs.writer import LogWriter
+
+log = logging.getLogger(__name__)
+
+BATCH = object()  # owner() of a batch message: it belongs to every shard
+
+
+def owner(data: bytes, default: str | None) -> str | object | None:
+    """The stream a payload belongs to (``default`` when it names none), :data:`BATCH`
+    for a batch message, None when it cannot be read (shard 0 rejects it)."""
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception:  # garbage is rejected by the shard that owns the unknown
+        return None
+    if type(body) is not dict:
+        return None
+    if "streams" in body:
+        return BATCH
+    stream = body.get("stream", default)
+    return stream if type(stream) is str else None
+
+
+def shard_of_owner(stream: str | object | None, count: int) -> int:
+    return shard_of(stream, count) if isinstance(stream, str) else 0
+
+
+def needs_one_piece(parts: list[LogResult], options: EvalOptions) -> str | None:
+    """Why these parts cannot be merged into what one process gives, or None."""
+    if any(p.unsplittable for p in parts):
+        return "it holds batch messages"
+    streams = {s.stream for p in parts for s in p.streams}
+    if len(streams) > options.max_streams:
+        return (f"it has {len(streams)} streams, more than state.max_streams "
+                f"({options.max_streams}), so evictions couple them")
+    return None
+
+
+def merge(path: Path, options: EvalOptions, parts: list[LogResult],
+          metadata: dict[str, Any]) -> LogResult:
+    """The parts' outputs merged into ``options.output_path(path)`` and their results
+    into one; the part files are removed."""
+    out = options.output_path(path)
+    readers = [LogReader(p.output).messages() for p in parts]
+    streams = [((tuple(key), i, m) for key, m in zip(p.order_keys, reader, strict=True))
+               for i, (p, reader) in enumerate(zip(parts, readers, strict=True))]
+    with LogWriter(out, metadata=metadata) as writer:
+        writer.channel(options.output_topic)  # in the order one process registers them
+        writer.channel(options.diagnostics_topic)
+        for _, _, m in heapq.merge(*streams, key=lambda item: (item[0], item[1])):
+            writer.write(m.topic, m.data, m.log_time_ns, m.publish_time_ns)
+    for p in parts:
+        Path(p.output).unlink()
+    return _merged_result(path, out, parts)
+
+
+def _merged_result(path: Path, out: Path, parts: list[LogResult]) -> LogResult:
+    merged = LogResult(str(path), str(out), problems=list(parts[0].problems))
+    examples: dict[str, tuple[int, str]] = {}
+    hist: list[int] = []
+    for p in parts:
+        merged.messages += p.messages
+        merged.stepped += p.stepped
+        merged.targets += p.targets
+        merged.targets_rejected += p.targets_rejected
+        merged.unmatched_outputs += p.unmatched_outputs
+        merged.backend_calls += p.backend_calls
+        for reason, n in p.rejected.items():
+            merged.rejected[reason] = merged.rejected.get(reason, 0) + n
+        for reason, detail in p.rejection_examples.items():
+            at = p.example_seq.get(reason, 0)
+            if reason not in examples or at < examples[reason][0]:
+                examples[reason] = (at, detail)
+        hist = [a + b for a, b in zip(hist, p.histogram, strict=True)] if hist else list(
+            p.histogram)
+    merged.rejected = dict(sorted(merged.rejected.items(), key=lambda kv: min(
+        p.example_seq.get(kv[0], 1 << 62) for p in parts)))  # first seen first, as in one
+    merged.rejection_examples = {r: examples[r][1] for r in merged.rejected if r in examples}
+    all_streams: list[StreamResult] = [s for p in parts for s in p.streams]
+    merged.streams = sorted(all_streams, key=lambda s: s.stream)
+    merged.histogram = hist
+    return merged
