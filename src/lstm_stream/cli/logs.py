@@ -405,6 +405,13 @@ def _add_log(sub: Any) -> None:
 
 
 def _log_info(args: argparse.Namespace) -> int:
+    rosbag = _library("lstm_stream.logs.rosbag")
+    if rosbag.is_rosbag(args.file):  # a ROS 1 .bag or a rosbag2 directory (the [ros] extra)
+        bag = rosbag.RosBag(args.file)
+        summary = bag.summary()
+        bag.close()
+        print(json.dumps(summary, indent=2) if args.json else rosbag.render_summary(summary))
+        return 0
     info = _library("lstm_stream.logs.info")
     summary = info.summarize(args.file)
     print(json.dumps(summary, indent=2) if args.json else info.render(summary))

@@ -83,8 +83,17 @@ class SourceConfig:
     rate_hz: float = 0.0  # expected rate, for health; 0 = not checked
     max_age_ms: float = 1000.0  # older than this at a trigger: stale
     trigger: bool = False  # a message on this topic steps the model
+    # ROS bags (logs/rosbag.py): feature -> field path in the message, such as
+    # {ax = "linear_acceleration.x"}; its keys are the features when features is empty
+    fields: dict[str, str] = field(default_factory=dict)
+    stream_field: str = ""  # ROS bags: the field naming the stream ("" = the bag's name)
 
     def __post_init__(self) -> None:
+        if self.fields and not self.features:
+            self.features = list(self.fields)
+        _check(not self.fields or set(self.fields) == set(self.features),
+               "input.sources.fields", f"one field path per feature of source {self.topic!r} "
+               f"({self.features})", self.fields)
         _check(bool(self.topic), "input.sources.topic", "a non-empty topic", self.topic)
         _check(len(self.features) > 0, "input.sources.features",
                f"at least one feature name (source {self.topic!r})", self.features)

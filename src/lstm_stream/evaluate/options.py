@@ -52,4 +52,5 @@ class EvalOptions:
     def output_path(self, log_path: Path) -> Path:
         chosen = self.output_dir or self.report_dir
         directory = Path(chosen) if chosen else log_path.parent
-        return directory / (log_path.name.removesuffix(".mcap") + OUTPUT_SUFFIX)
+        stem = log_path.name.removesuffix(".mcap").removesuffix(".bag")
+        return directory / (stem + OUTPUT_SUFFIX)

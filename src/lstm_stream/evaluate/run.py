@@ -25,7 +25,7 @@ import numpy as np
 from lstm_stream.core.backends import create_backend
 from lstm_stream.core.contract import load_contract
 from lstm_stream.core.emit import Emitter
-from lstm_stream.core.errors import LstmStreamError
+from lstm_stream.core.errors import ConfigError, LstmStreamError
 from lstm_stream.core.progress import NullProgress, Progress
 from lstm_stream.core.protocol import Rejection
 from lstm_stream.core.sources import Held, SourceStepper, StalePolicy, resolve_sources
@@ -37,6 +37,7 @@ from lstm_stream.evaluate.results import LogFailure, LogOutcome, LogResult, Stre
 from lstm_stream.evaluate.score import Scorer
 from lstm_stream.logs import format as fmt
 from lstm_stream.logs.reader import LogReader
+from lstm_stream.logs.rosbag import RosBag, is_rosbag
 from lstm_stream.logs.sink import LogSink
 from lstm_stream.logs.writer import LogWriter
 
@@ -86,7 +87,18 @@ class _LogEvaluation:
 
     def run(self, progress: Progress) -> LogResult:
         opts = self.options
-        reader = LogReader(self.path)
+        reader: LogReader | RosBag
+        if not is_rosbag(self.path):
+            reader = LogReader(self.path)
+        else:  # ROS messages made into sensor messages by the sources
+            if not opts.sources:
+                raise ConfigError(f"{self.path} is a ROS bag: give [[input.sources]] with "
+                                  "fields that say which message field gives which feature "
+                                  "(docs/sources.md)", field="input.sources")
+            if opts.target_topic is not None:
+                raise ConfigError("--target-topic is not supported for ROS bags yet; "
+                                  "evaluate without it", field="--target-topic")
+            reader = RosBag(self.path, opts.source_configs())
         sensors = [t for t in reader.topics() if t.startswith(tuple(opts.sensor_topics))]
         if not sensors:
             reader.require_topics(opts.sensor_topics)
