@@ -15,6 +15,7 @@ import msgpack
 import numpy as np
 import onnx
 import pytest
+import zmq
 
 from lstm_stream.cli.main import main
 from lstm_stream.core.config import ConfigError, SourceConfig, load_runner_config
@@ -22,9 +23,11 @@ from lstm_stream.core.errors import EvaluationError
 from lstm_stream.evaluate.fleet import evaluate
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.logs.reader import LogReader
+from lstm_stream.logs.replay import ReplayConfig, Replayer
 from lstm_stream.logs.rosbag import RosBag, is_rosbag
 from lstm_stream.logs.writer import LogWriter
 
+from helpers.support import VehicleStack, serve_process
 from helpers.tools import build_step_model
 
 rosbags = pytest.importorskip("rosbags", reason="needs the [ros] extra")
@@ -213,3 +216,32 @@ def test_log_info_lists_a_bags_topics_types_counts_and_rates(
     assert odom["rate_hz"] == pytest.approx(50, rel=0.03)
     assert main(["log", "info", str(bag)]) == 0
     assert "/imu/data" in capsys.readouterr().out
+
+
+def test_eval_of_a_bag_equals_serve_fed_by_replay_of_it(tmp_path: Path, model: str) -> None:
+    bag = write_bag(tmp_path / "drive", "mcap")
+    config = tmp_path / "ros.toml"
+    config.write_text(CONFIG + "\n[output]\nages = true\n")
+    assert main(["eval", str(bag), "--model", model, "--config", str(config)]) == 0
+    offline = [msgpack.unpackb(d) for d in policy(tmp_path / "drive.policy.mcap")]
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        sources = list(load_runner_config(config).input.sources)
+        cfg = ReplayConfig([bag], output="tcp://127.0.0.1:*", rate=0, wait_subscribers=2,
+                           sources=sources)
+        with Replayer(cfg, context=ctx) as rep, VehicleStack(ctx) as stack, \
+                serve_process(model, rep.endpoint, "--config", str(config)) as served:
+            stack.connect_outputs(served.output, served.control)
+            rep.run()
+            live: list[dict[str, Any]] = []
+            while len(live) < len(offline):
+                live += [o for topic, o in stack.receive(1) if topic == "policy"]
+    finally:
+        ctx.destroy(linger=0)
+    assert len(live) == len(offline) == 100
+    for out, ref in zip(live, offline, strict=True):
+        assert (out["stream"], out["seq"], out["stamp_ns"]) == (
+            ref["stream"], ref["seq"], ref["stamp_ns"])
+        np.testing.assert_allclose(out["y"], ref["y"], atol=1e-5, rtol=1e-5)
+        assert (out["step"], out["reset"], out["stale"], out["age_ms"]) == (
+            ref["step"], ref["reset"], ref["stale"], ref["age_ms"])

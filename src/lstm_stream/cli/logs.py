@@ -173,6 +173,8 @@ def _add_replay(sub: Any) -> None:
     p.add_argument("--control", metavar="ENDPOINT",
                    help="bind a control socket (ROUTER) for pause/resume/step/status")
     p.add_argument("--paused", action="store_true", help="start paused")
+    p.add_argument("--config", metavar="RUNNER.toml", help="for ROS bags: the runner config "
+                   "whose [[input.sources]] fields make sensor messages of the bag's messages")
     p.add_argument("--json", action="store_true", help="print the final report as JSON")
     p.set_defaults(handler=_replay)
 
@@ -194,7 +196,8 @@ def _replay(args: argparse.Namespace) -> int:
         rate=args.rate, loop=args.loop, start_s=args.start, duration_s=args.duration,
         topics=_topics(args.topics), remap=_remap(args.remap),
         wait_subscribers=0 if args.no_wait else args.wait_subscribers,
-        wait_timeout_s=args.wait_timeout, control=args.control, start_paused=args.paused)
+        wait_timeout_s=args.wait_timeout, control=args.control, start_paused=args.paused,
+        sources=list(load_runner_config(args.config).input.sources) if args.config else [])
     with replay.Replayer(config, progress=_progress()) as replayer:
         if config.wait_subscribers:
             print(f"replay: waiting for {config.wait_subscribers} subscriber(s) on "

@@ -34,6 +34,7 @@ from lstm_stream.core.errors import ConfigError, LogError
 from lstm_stream.core.progress import NullProgress, Progress
 from lstm_stream.logs.reader import LogReader
 from lstm_stream.logs.replay_options import ReplayConfig, ReplayReport
+from lstm_stream.logs.rosbag import RosBag, is_rosbag
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,8 @@ class Replayer:
                  progress: Progress | None = None) -> None:
         self.config = config
         self.progress = progress or NullProgress()
-        self.readers = [LogReader(p) for p in config.paths]
+        self.readers: list[LogReader | RosBag] = [
+            RosBag(p, config.sources) if is_rosbag(p) else LogReader(p) for p in config.paths]
         self._check_topics()
         self._window = self._time_window()
         self.report = ReplayReport()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lstm_stream.core.config import SourceConfig
 from lstm_stream.core.errors import ConfigError
 
 
@@ -28,6 +29,8 @@ class ReplayConfig:
     control: str | None = None  # ROUTER endpoint for pause/resume/step/status
     start_paused: bool = False
     spin_us: float = 200.0  # busy-wait this close to a send time (sleep is coarser)
+    # ROS bags (logs/rosbag.py): the sources whose fields make sensor messages of them
+    sources: list[SourceConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.paths = [Path(p) for p in self.paths]

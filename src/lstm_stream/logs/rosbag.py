@@ -81,7 +81,14 @@ class RosBag:
     # -- what the bag holds ------------------------------------------------------
 
     def topics(self) -> list[str]:
-        return sorted(self._reader.topics)
+        """The topics that become sensor messages: the sources' (all, without sources)."""
+        return sorted(t for t in self._reader.topics if not self.sources or t in self.sources)
+
+    def time_range(self) -> tuple[int, int] | None:
+        """First and last log time (ns) of the bag, None when it is empty."""
+        if not self._reader.message_count:
+            return None
+        return int(self._reader.start_time), int(self._reader.end_time)
 
     def topic_types(self) -> dict[str, tuple[str, int]]:
         """topic -> (message type, message count)."""
@@ -120,15 +127,19 @@ class RosBag:
 
     # -- messages ------------------------------------------------------------------
 
-    def messages(self, topics: Iterable[str] | None = None) -> Iterator[LoggedMessage]:
+    def messages(self, topics: Iterable[str] | None = None, start_ns: int | None = None,
+                 end_ns: int | None = None) -> Iterator[LoggedMessage]:
         """Each message of ``topics`` (sources with fields) as a sensor message payload,
-        in the bag's time order."""
+        in the bag's time order; only log times in [``start_ns``, ``end_ns``) when given."""
         wanted = set(topics) if topics is not None else set(self.sources)
         connections = [c for c in self._reader.connections
                        if c.topic in wanted and c.topic in self.sources]
         seqs: dict[tuple[str, str], int] = {}
         for position, (conn, log_time, raw) in enumerate(
                 self._reader.messages(connections=connections)):
+            if (start_ns is not None and log_time < start_ns) or (
+                    end_ns is not None and log_time >= end_ns):
+                continue
             source = self.sources[conn.topic]
             msg = self._reader.deserialize(raw, conn.msgtype)
             stream = (str(_resolve(msg, source.stream_field)) if source.stream_field
