@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lstm_stream.core.cell import CellKind
-from lstm_stream.core.config import from_dict, load_config
+from lstm_stream.core.config import SourceConfig, from_dict, load_config
 from lstm_stream.core.errors import ConfigError
 
 SOURCES = ("digits", "npz", "csv", "mnist", "log")
@@ -43,6 +43,14 @@ def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 @dataclass
+class TargetConfig:
+    """ROS bags: the topic and fields that give the training target (``[data.target]``)."""
+
+    topic: str = ""
+    fields: dict[str, str] = field(default_factory=dict)  # output name -> field path
+
+
+@dataclass
 class DataConfig:
     """Where sequences come from and how they are split into train/validation/test."""
 
@@ -60,6 +68,10 @@ class DataConfig:
     target_key: str = "y"  # log: key of the numeric array in a target message
     align: str = "seq"  # log: match targets by (stream, seq) or nearest earlier time
     max_gap: int = 0  # log: a seq jump larger than 1 + max_gap starts a new episode
+    # log from a ROS bag (logs/rosbag.py): the sources whose fields give x, as the
+    # runner's [[input.sources]], and [data.target] for y (aligned by time)
+    sources: list[SourceConfig] = field(default_factory=list)
+    target: TargetConfig = field(default_factory=TargetConfig)
 
     def __post_init__(self) -> None:
         _one_of("data.source", self.source, SOURCES)
@@ -93,7 +105,8 @@ class DataConfig:
 
 
 def _check_file(name: str, path: str) -> None:
-    if not Path(path).is_file():
+    p = Path(path)
+    if not p.is_file() and not (p.is_dir() and (p / "metadata.yaml").is_file()):  # rosbag2
         raise ConfigError(f"{name!r} must name an existing file; {path!r} does not exist "
                           f"(relative paths are relative to the current directory "
                           f"{str(Path.cwd())!r}).")

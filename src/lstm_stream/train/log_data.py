@@ -8,8 +8,10 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from lstm_stream.core.config import SourceConfig
 from lstm_stream.core.errors import TrainingError
 from lstm_stream.logs.reader import LogReader
+from lstm_stream.logs.rosbag import RosBag, is_rosbag
 from lstm_stream.train.config import DataConfig
 from lstm_stream.train.episodes import Episodes
 
@@ -31,6 +33,8 @@ class LogSource:
         self.path = Path(data.path)
 
     def read(self) -> Episodes:
+        if is_rosbag(self.path):
+            return self._read_bag()
         sensors: list[tuple[str, int, int, np.ndarray, bool]] = []
         targets: dict[str, list[tuple[int, int, np.ndarray]]] = {}
         try:
@@ -48,6 +52,42 @@ class LogSource:
         except Exception as err:  # the reader's own errors, named with the file
             raise TrainingError(f"Could not read log {str(self.path)!r}: {err}.") from err
         return self._episodes(sensors, targets)
+
+    def _read_bag(self) -> Episodes:
+        """A ROS bag: at each trigger message (once every source has been seen) the latest
+        value of every source is one step of x; its y is the first target at or after it
+        (the command that answered what the sensors said), before the next trigger."""
+        data = self.data
+        if not data.sources or not data.target.topic or not data.target.fields:
+            raise TrainingError(f"{str(self.path)!r} is a ROS bag: declare [[data.sources]] "
+                                "with fields (which message field gives which feature) and "
+                                "[data.target] with topic and fields (docs/training.md).")
+        target = SourceConfig(data.target.topic, fields=dict(data.target.fields))
+        bag = RosBag(self.path, [*data.sources, target])
+        names = [f for s in data.sources for f in s.features]
+        latest: dict[str, dict[str, dict[str, float]]] = {}  # stream -> source -> values
+        sensors: list[tuple[str, int, int, np.ndarray, bool]] = []
+        targets: dict[str, list[tuple[int, int, np.ndarray]]] = {}
+        steps: dict[str, int] = {}
+        triggers = {s.topic for s in data.sources if s.trigger}
+        for msg in bag.messages():
+            body = msgpack.unpackb(msg.data)
+            stream, values, t = body["stream"], body["x"], body["stamp_ns"]
+            if msg.topic == target.topic:
+                y = np.array([values[k] for k in data.target.fields], np.float32)
+                targets.setdefault(stream, []).append((0, t, y))
+                continue
+            seen = latest.setdefault(stream, {})
+            seen[msg.topic] = values
+            if msg.topic in triggers and len(seen) == len(data.sources):
+                merged = {k: v for part in seen.values() for k, v in part.items()}
+                steps[stream] = steps.get(stream, -1) + 1
+                sensors.append((stream, steps[stream], t,
+                                np.array([merged[n] for n in names], np.float32), False))
+        bag.close()
+        episodes = self._episodes(sensors, targets, align="after")
+        episodes.feature_names, episodes.output_names = names, list(data.target.fields)
+        return episodes
 
     def _fail(self, sequence: int, what: str) -> TrainingError:
         return TrainingError(f"Log {str(self.path)!r}, message {sequence}: {what}.")
@@ -93,7 +133,9 @@ class LogSource:
         return stream, int(body["seq"]), np.asarray(value, dtype=np.float32)
 
     def _episodes(self, sensors: list[tuple[str, int, int, np.ndarray, bool]],
-                  targets: dict[str, list[tuple[int, int, np.ndarray]]]) -> Episodes:
+                  targets: dict[str, list[tuple[int, int, np.ndarray]]],
+                  align: str | None = None) -> Episodes:
+        align = align or self.data.align
         by_seq = {(s, seq): y for s, rows in targets.items() for seq, _, y in rows}
         current: dict[str, tuple[list[np.ndarray], list[np.ndarray], int]] = {}
         xs: list[np.ndarray] = []
@@ -105,9 +147,19 @@ class LogSource:
                 xs.append(np.stack(ex))
                 ys.append(np.stack(ey))
 
+        next_t: dict[tuple[str, int], int] = {}  # (stream, seq) -> log time of the next one
+        last: dict[str, tuple[int, int]] = {}
+        for stream, seq, t_ns, _, _ in sensors:
+            if stream in last:
+                next_t[(stream, last[stream][0])] = t_ns
+            last[stream] = (seq, t_ns)
         for stream, seq, t_ns, x, reset in sensors:
-            y = by_seq.get((stream, seq)) if self.data.align == "seq" else \
-                self._earlier(targets.get(stream, []), t_ns)
+            if align == "seq":
+                y = by_seq.get((stream, seq))
+            elif align == "after":
+                y = self._later(targets.get(stream, []), t_ns, next_t.get((stream, seq)))
+            else:
+                y = self._earlier(targets.get(stream, []), t_ns)
             if y is None:
                 continue  # no label: dropped, and the seq jump below ends the episode
             if stream in current and (reset or seq - current[stream][2] > 1 + self.data.max_gap
@@ -127,6 +179,14 @@ class LogSource:
         names = self.data.features or [f"f{i}" for i in range(f)]
         outs = self.data.targets or [f"y{i}" for i in range(o)]
         return Episodes(xs, ys, names, outs)
+
+    @staticmethod
+    def _later(rows: list[tuple[int, int, np.ndarray]], t_ns: int,
+               before: int | None) -> np.ndarray | None:
+        for _, t, y in rows:  # log-time order
+            if t >= t_ns:
+                return y if before is None or t < before else None
+        return None
 
     @staticmethod
     def _earlier(rows: list[tuple[int, int, np.ndarray]], t_ns: int) -> np.ndarray | None:
