@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from lstm_stream.cli.main import add_model_io_options, model_io_overrides
 from lstm_stream.core.backends import BackendName
 from lstm_stream.core.config import load_runner_config
+from lstm_stream.core.contract import load_contract
 from lstm_stream.core.errors import ConfigError, EvaluationError, LogError
 from lstm_stream.core.progress import TerminalProgress
 from lstm_stream.evaluate.options import EvalOptions
@@ -396,6 +397,17 @@ def _add_log(sub: Any) -> None:
     info.add_argument("file", metavar="LOG.mcap")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(handler=_log_info)
+    exp = cmds.add_parser("export", help="rewrite a log for Foxglove: JSON messages with a "
+                          "JSON schema per channel", description="Rewrite an lstm-stream log "
+                          "(recording or eval output) so that Foxglove opens and plots it "
+                          "with no setup (docs/logs.md).")
+    exp.add_argument("file", metavar="LOG.mcap")
+    exp.add_argument("--foxglove", action="store_true", required=True,
+                     help="JSON encoding with JSON schemas (the one export there is)")
+    exp.add_argument("-o", "--output", metavar="OUT.mcap",
+                     help="where to write (default LOG.foxglove.mcap beside it)")
+    exp.add_argument("--model", help="the model whose output names label y ('outputs')")
+    exp.set_defaults(handler=_log_export)
     rec = cmds.add_parser("recover", help="rewrite a truncated log as a complete MCAP file",
                           description="Read every intact message of a truncated or damaged "
                           "log and write them into a complete MCAP file that any MCAP reader "
@@ -418,6 +430,23 @@ def _log_info(args: argparse.Namespace) -> int:
     info = _library("lstm_stream.logs.info")
     summary = info.summarize(args.file)
     print(json.dumps(summary, indent=2) if args.json else info.render(summary))
+    return 0
+
+
+def _log_export(args: argparse.Namespace) -> int:
+    foxglove = _library("lstm_stream.logs.foxglove")
+    source = Path(args.file)
+    target = Path(args.output) if args.output else source.with_name(
+        source.name.removesuffix(".mcap") + ".foxglove.mcap")
+    if target.resolve() == source.resolve():
+        raise ConfigError("log export: --output must differ from the log it reads.")
+    names = None
+    if args.model:
+        names = load_contract(args.model).output_names
+    written = foxglove.export_foxglove(source, target, output_names=names,
+                                       progress=_progress())
+    print(f"log export: {written} messages written to {target} (JSON, one JSON schema per "
+          "channel: open it in Foxglove)")
     return 0
 
 

@@ -46,12 +46,15 @@ class LogWriter:
         self._closed = False
 
     def channel(self, topic: str, message_encoding: str = fmt.MESSAGE_ENCODING,
-                metadata: dict[str, str] | None = None) -> int:
-        """The channel id of ``topic``, registering it on first use (the encoding and
-        metadata of a channel are those given on first use)."""
+                metadata: dict[str, str] | None = None,
+                schema: tuple[str, str, bytes] | None = None) -> int:
+        """The channel id of ``topic``, registering it on first use (the encoding,
+        metadata and ``schema`` (name, encoding, data) of a channel are those given on
+        first use)."""
         cid = self._channels.get(topic)
         if cid is None:
-            cid = self._writer.register_channel(topic, message_encoding, 0, metadata or {})
+            sid = self._writer.register_schema(*schema) if schema is not None else 0
+            cid = self._writer.register_channel(topic, message_encoding, sid, metadata or {})
             self._channels[topic] = cid
         return cid
 
