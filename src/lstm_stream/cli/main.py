@@ -125,6 +125,9 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--backend", choices=list(BackendName),
                    help="step backend (default onnxruntime)")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default 1)")
+    p.add_argument("--foxglove", metavar="PORT", type=int, help="run a Foxglove WebSocket "
+                   "server on PORT (loopback; viz.foxglove_host to change) with the live "
+                   "inputs, outputs and health (the [viz] extra)")
     add_model_io_options(p)
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.FIELD=VALUE", help="override any config option; repeatable")
@@ -189,12 +192,13 @@ def _serve(args: argparse.Namespace) -> int:
     named = {"model.path": args.model, "input.endpoint": args.input,
              "input.bind": args.input_bind, "output.endpoint": args.output,
              "control.endpoint": args.control, "model.backend": args.backend,
-             "model.threads": args.threads, "output.bind": args.output_bind}
+             "model.threads": args.threads, "output.bind": args.output_bind,
+             "viz.foxglove_port": args.foxglove}
     flags = {"model.path": "MODEL", "input.endpoint": "--input", "input.bind": "--input-bind",
              "output.endpoint": "--output", "control.endpoint": "--control",
              "model.backend": "--backend", "model.threads": "--threads",
              "output.bind": "--output-connect", "sharding.index": "--shard",
-             "sharding.count": "--shard"}
+             "sharding.count": "--shard", "viz.foxglove_port": "--foxglove"}
     if args.shard is not None:
         named["sharding.index"], named["sharding.count"] = args.shard
     overrides, labels = model_io_overrides(args)

@@ -195,6 +195,22 @@ class HealthConfig:
 
 
 @dataclass
+class VizConfig:
+    """The live view in Foxglove (serve --foxglove, serve/liveview.py)."""
+
+    foxglove_port: int = 0  # Foxglove WebSocket server port; 0 = off
+    foxglove_host: str = "127.0.0.1"  # loopback unless told otherwise
+    max_rate_hz: float = 50.0  # messages per topic sent to viewers at most; 0 = every one
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.foxglove_port <= 65535, "viz.foxglove_port",
+               "a TCP port (1-65535), or 0 for no live view", self.foxglove_port)
+        _check(bool(self.foxglove_host), "viz.foxglove_host", "a host to bind", self.foxglove_host)
+        _check(self.max_rate_hz >= 0, "viz.max_rate_hz", ">= 0 (0 = every message)",
+               self.max_rate_hz)
+
+
+@dataclass
 class ControlConfig:
     """The ROUTER socket that answers status and reset requests."""
 
@@ -291,6 +307,7 @@ class RunnerConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     freshness: FreshnessConfig = field(default_factory=FreshnessConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    viz: VizConfig = field(default_factory=VizConfig)
 
     def __post_init__(self) -> None:
         _check(not (self.input.sources and self.sharding.count > 1), "input.sources",

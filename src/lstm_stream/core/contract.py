@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from lstm_stream.core.cell import CellKind
-from lstm_stream.core.errors import ModelContractError, ModelFormatError
+from lstm_stream.core.errors import ModelContractError, ModelFormatError, ModelIntegrityError
 from lstm_stream.core.model_io import ModelIO, NameMapping, map_names
 from lstm_stream.core.onnx_proto import OnnxModel, ValueInfo, read_model, type_name
 from lstm_stream.core.shipped import resolve_model_path
@@ -437,3 +437,12 @@ def _cell_kind(graph: OnnxModel, metadata: dict[str, str]) -> CellKind:
     if "GRU" in ops:
         return CellKind.GRU
     return CellKind.CUSTOM
+
+
+def check_model_pin(contract: ModelContract, pinned: str) -> None:
+    """Refuse a model whose SHA-256 differs from ``model.sha256`` (when pinned)."""
+    if pinned and contract.sha256 != pinned:
+        raise ModelIntegrityError(
+            f"Model {str(contract.path)!r} has SHA-256 {contract.sha256}, but model.sha256 "
+            f"pins {pinned}. Refusing to serve a model that is not the one pinned: restore "
+            "the right file, or update the pin after checking the new model.")

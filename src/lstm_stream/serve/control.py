@@ -27,6 +27,7 @@ from lstm_stream.core.sources import SourceStepper
 from lstm_stream.core.state import StateStore
 from lstm_stream.core.stepper import StreamStepper
 from lstm_stream.serve.health import HealthTracker
+from lstm_stream.serve.liveview import LiveView
 from lstm_stream.serve.security.curve import ServerKeys
 
 LATENCY_WINDOW = 4096  # latencies kept for the status percentiles
@@ -61,6 +62,7 @@ class ControlRequests:
     snapshots: SnapshotWriter | None
     pub: zmq.Socket[Any]
     sources: SourceStepper | None
+    live: LiveView | None
     health: HealthTracker
     warmup_s: float
     _latencies: np.ndarray
@@ -152,6 +154,7 @@ class ControlRequests:
             "curve": self.keys is not None,
             "ready": self.ready, "warmup_ms": round(self.warmup_s * 1e3, 3),
             "late": c.late, **self._sources_status(),
+            "foxglove": None if self.live is None else self.live.status(),
         }
 
     def _sources_status(self) -> dict[str, Any]:

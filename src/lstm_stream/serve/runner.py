@@ -1,20 +1,13 @@
-"""The serve loop: sockets, polling, control requests and counters; no maths.
+"""The serve loop: sockets, polling, batching of queued messages; no maths.
 
-The path of one sensor message (the hot path) is :meth:`Runner.handle`:
-decode and validate -> admit against the stream's state -> one backend step ->
-commit the new state -> encode and publish. Nothing on it logs, reads config or
-allocates state arrays. When more messages are already queued behind the first,
-:meth:`Runner.handle_batch` steps those of distinct streams in one backend call
-(``[batching]``; stepper.py keeps every stream's messages in order). Everything
-else (control requests, subscription tracking, idle expiry, state snapshots)
-runs between messages.
-
-Reliability and security live around that path, never on it: the model's
-SHA-256 is checked against ``model.sha256`` before anything is loaded into
-onnxruntime, state is restored from ``state.snapshot_path`` at start and
-snapshotted periodically and on SIGTERM/SIGINT (snapshot.py), and with
-``security.server_key`` the control socket (and, with ``security.secure_data``,
-the data sockets) accept only CURVE clients on the allow-list (security/).
+The hot path is :meth:`Runner.handle`: decode and validate -> admit against the
+stream's state -> one backend step -> commit -> encode and publish, with no
+logging, config reads or state allocation. Queued messages go through
+:meth:`Runner.handle_batch` (distinct streams share a backend call, each
+stream's messages stay in order). Control requests, subscriptions, idle
+expiry, health and snapshots run between messages. Around that path, never on
+it: the model pin (``model.sha256``), state restore and snapshots
+(snapshot.py), CURVE (security/), and the Foxglove live view (liveview.py).
 """
 
 from __future__ import annotations
@@ -36,9 +29,9 @@ from zmq.utils.monitor import recv_monitor_message
 
 from lstm_stream.core.backends import StepBackend, create_backend
 from lstm_stream.core.config import RunnerConfig
-from lstm_stream.core.contract import ModelContract, load_contract
+from lstm_stream.core.contract import ModelContract, check_model_pin, load_contract
 from lstm_stream.core.emit import Emitter
-from lstm_stream.core.errors import ModelIntegrityError, SnapshotError
+from lstm_stream.core.errors import SnapshotError
 from lstm_stream.core.protocol import (
     Rejection,
 )
@@ -54,6 +47,7 @@ from lstm_stream.core.sources import Held, SourceStepper, StalePolicy, resolve_s
 from lstm_stream.core.stepper import BatchStepped, Outcome, Stepped, StreamStepper, warm_up
 from lstm_stream.serve.control import LATENCY_WINDOW, ControlRequests, Counters
 from lstm_stream.serve.health import HealthTracker
+from lstm_stream.serve.liveview import LiveView, TeeSink, tee_input
 from lstm_stream.serve.security.curve import ServerKeys, load_server_keys
 from lstm_stream.serve.sink import ZmqSink
 from lstm_stream.serve.sockets import attach, frame_receiver
@@ -103,6 +97,11 @@ class Runner(ControlRequests):
                 max_message_bytes=config.input.max_message_bytes,
                 max_streams=config.state.max_streams)
             self._step, self._max_batch = self.sources.step, 1
+        self.live: LiveView | None = None
+        if config.viz.foxglove_port:  # inputs too: what the stack sent, as it arrived
+            self.live = LiveView(config.viz.foxglove_port, config.viz.foxglove_host,
+                                 self.contract.output_names, config.viz.max_rate_hz)
+            self._step = tee_input(self._step, self.live)
         if self.contract.fixed_batch == 1 and config.batching.max_batch > 1:
             log.info("model: exported with a fixed batch of 1, so messages are stepped one "
                      "per call (batching.max_batch %d not used)", config.batching.max_batch)
@@ -174,9 +173,10 @@ class Runner(ControlRequests):
             self.monitor = self.sub.get_monitor_socket(
                 zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED)
         self._receive = frame_receiver(self.sub)
-        self.emitter = Emitter(self.stepper, ZmqSink(self.pub, cfg.output.topic,
-                                                     cfg.output.diagnostics_topic),
-                               self.counters)
+        sink: Any = ZmqSink(self.pub, cfg.output.topic, cfg.output.diagnostics_topic)
+        if self.live is not None:  # every payload also to the Foxglove thread's queue
+            sink = TeeSink(sink, self.live, cfg.output.topic, cfg.output.diagnostics_topic)
+        self.emitter = Emitter(self.stepper, sink, self.counters)
         self._emit_output = self.emitter.output
         self._emit_rejection = self.emitter.rejection
         try:
@@ -196,6 +196,8 @@ class Runner(ControlRequests):
             sock.close(linger=0)
         if self.snapshots is not None:
             self.snapshots.close()
+        if self.live is not None:
+            self.live.close()
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
@@ -372,7 +374,7 @@ class Runner(ControlRequests):
     def publish_health(self, now_ns: int) -> bool:
         """Publish one health message, when a subscriber asked for the topic by name."""
         topic = self.config.health.topic
-        if not any(t and topic.startswith(t) for t in self.subscriptions):
+        if self.live is None and not any(t and topic.startswith(t) for t in self.subscriptions):
             return False
         self.emitter.topic_message(topic, self.health_report(now_ns), now_ns)
         return True
@@ -443,11 +445,3 @@ class Runner(ControlRequests):
             if not reply.get("ok"):
                 self.counters.control_errors += 1
             self.control.send_multipart([*envelope, self._packer.pack(reply)])
-
-def check_model_pin(contract: ModelContract, pinned: str) -> None:
-    """Refuse a model whose SHA-256 differs from ``model.sha256`` (when pinned)."""
-    if pinned and contract.sha256 != pinned:
-        raise ModelIntegrityError(
-            f"Model {str(contract.path)!r} has SHA-256 {contract.sha256}, but model.sha256 "
-            f"pins {pinned}. Refusing to serve a model that is not the one pinned: restore "
-            "the right file, or update the pin after checking the new model.")
