@@ -125,12 +125,13 @@ SHARED_BY = {
 }
 # Modules that hold the texts of several commands: an option must exist in one of them.
 ONE_OF = {
-    "bench/": ("bench", "serve"),  # also builds serve command lines
+    "bench/": ("bench", "serve", "eval"),  # also builds serve command lines, names eval's
     "cli/main.py": ("serve", "info", "check", "control", "demo"),
     "cli/bench.py": ("bench",),
     "cli/train.py": ("train", "export"),
     "cli/keys.py": ("keys generate",),
     "serve/client.py": ("serve", "control"),
+    "serve/liveview.py": ("serve",),
     "demo.py": ("demo", "serve"),
     "procs.py": ("serve",),
     "cli/logs.py": ("record", "replay", "eval", "log info", "log recover"),
