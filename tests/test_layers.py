@@ -124,3 +124,13 @@ def test_no_module_imports_itself_through_others() -> None:
 def test_the_cycle_check_finds_one() -> None:
     imports = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(imports) == [["a", "b", "c"]]
+
+
+MAX_MODULE_LINES = 450  # issue 14: a module that grows past this has several jobs
+
+
+def test_no_module_is_over_450_lines() -> None:
+    long = {path.relative_to(REPO).as_posix(): n
+            for path in sorted((REPO / "src" / "lstm_stream").rglob("*.py"))
+            if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert long == {}, f"split these modules by concept: {long}"

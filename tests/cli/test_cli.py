@@ -110,6 +110,7 @@ def test_demo_runs_and_outputs_match_the_reference(tmp_path: Path) -> None:
 SHARED_BY = {
     "logs/reader.py": ("eval", "replay"),
     "core/config.py": ("serve", "eval"),
+    "core/toml_config.py": ("serve", "eval"),
     "core/snapshot.py": ("serve",),
     "core/snapshot_files.py": ("serve",),
     "evaluate/run.py": ("eval",),
@@ -134,7 +135,8 @@ ONE_OF = {
     "serve/liveview.py": ("serve",),
     "demo.py": ("demo", "serve"),
     "procs.py": ("serve",),
-    "cli/logs.py": ("record", "replay", "eval", "log info", "log recover"),
+    "cli/logs.py": ("record", "replay", "eval"),
+    "cli/logfile.py": ("log info", "log export", "log recover"),
     "logs/replay.py": ("replay", "serve"),
     "serve/security/": ("keys generate", "control"),
     "sim/": ("record", "serve"),

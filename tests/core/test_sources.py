@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from lstm_stream.core.backends import create_backend
-from lstm_stream.core.config import ConfigError, RunnerConfig, SourceConfig, load_runner_config
+from lstm_stream.core.config import RunnerConfig, SourceConfig, load_runner_config
 from lstm_stream.core.contract import ModelContract
+from lstm_stream.core.errors import ConfigError
 from lstm_stream.core.protocol import Rejection, encode_sensor
 from lstm_stream.core.sources import Held, SourceStepper, StalePolicy, resolve_sources
 from lstm_stream.core.stepper import Stepped, StreamStepper

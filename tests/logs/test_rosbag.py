@@ -18,8 +18,8 @@ import pytest
 import zmq
 
 from lstm_stream.cli.main import main
-from lstm_stream.core.config import ConfigError, SourceConfig, load_runner_config
-from lstm_stream.core.errors import EvaluationError
+from lstm_stream.core.config import SourceConfig, load_runner_config
+from lstm_stream.core.errors import ConfigError, EvaluationError
 from lstm_stream.evaluate.fleet import evaluate
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.logs.reader import LogReader

@@ -32,8 +32,8 @@ log = logging.getLogger("lstm_stream.cli.main")
 # Modules that add subcommands with ``add_commands(subparsers)``. Each must import
 # nothing heavy at module level (torch, mcap, matplotlib are imported inside
 # handlers), so that `lstm-stream --help` works on an edge install.
-COMMAND_MODULES = ("lstm_stream.cli.train", "lstm_stream.cli.logs", "lstm_stream.cli.bench",
-                   "lstm_stream.cli.keys")
+COMMAND_MODULES = ("lstm_stream.cli.train", "lstm_stream.cli.logs", "lstm_stream.cli.logfile",
+                   "lstm_stream.cli.bench", "lstm_stream.cli.keys")
 
 SERVE_EPILOG = """\
 examples:
