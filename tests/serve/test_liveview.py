@@ -1,10 +1,11 @@
 """serve --foxglove: a client speaking the Foxglove WebSocket protocol connects to a
 live serve, gets the advertised channels, subscribes, and receives messages of each.
 
-The client offers both subprotocol names: the official foxglove-sdk (0.16 to
-0.30 at least) accepts only ``foxglove.sdk.v1``, the successor of
-``foxglove.websocket.v1`` with the same operations (serverInfo, advertise,
-subscribe, binary message data), and refuses the older name with HTTP 400."""
+The client offers both subprotocol names: the official foxglove-sdk (every release
+from 0.5.0 to 0.30.3; tools/foxglove_subprotocols.py) accepts only
+``foxglove.sdk.v1``, the successor of ``foxglove.websocket.v1`` with the same
+operations (serverInfo, advertise, subscribe, binary message data), and refuses
+the older name with HTTP 400."""
 
 from __future__ import annotations
 
