@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import socket
 
 import foxglove
 from websockets.sync.client import connect
 
+from liveview_bench import free_port
+
 NAMES = ("foxglove.websocket.v1", "foxglove.sdk.v1")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def probe(port: int, name: str) -> str:
