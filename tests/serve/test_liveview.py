@@ -94,3 +94,22 @@ def test_a_foxglove_client_sees_inputs_outputs_diagnostics_and_health(
         status = control_request(served.control, {"cmd": "status"})
         assert status["foxglove"]["port"] == port and status["foxglove"]["published"] > 40
         assert status["foxglove"]["dropped"] == 0
+
+
+def test_the_probe_tool_reports_what_the_installed_sdk_accepts() -> None:
+    # docs/sources.md quotes tools/foxglove_subprotocols.py; this keeps it true for the
+    # installed SDK: a client offering only the older name is refused, the new one served
+    import foxglove
+
+    from helpers.tools import load_tool
+
+    load_tool("liveview_bench")  # the sibling it imports free_port from
+    probe = load_tool("foxglove_subprotocols").probe
+    port = free_port()
+    server = foxglove.start_server(host="127.0.0.1", port=port)
+    try:
+        assert probe(port, "foxglove.websocket.v1").startswith("refused (")
+        assert probe(port, "foxglove.sdk.v1") == (
+            "accepted, chose foxglove.sdk.v1, first op 'serverInfo'")
+    finally:
+        server.stop()
