@@ -3,10 +3,13 @@ an IMU at 100 Hz and odometry at 50 Hz, evaluated through [[input.sources]] fiel
 
 `eval` of a bag must equal `eval` of the same readings written as an lstm-stream
 MCAP log by hand; a field path the message type lacks is refused naming its fields.
+Twist commands on /cmd_vel, scored with --target-field, give the scores of the same
+commands written as lstm-stream targets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -98,37 +101,62 @@ def ros_messages(store: Any, topic: str, values: dict[str, float], t: int) -> An
         twist=types["geometry_msgs/msg/TwistWithCovariance"](twist=twist, covariance=zeros36))
 
 
-TYPES = {"/imu/data": "sensor_msgs/msg/Imu", "/odom": "nav_msgs/msg/Odometry"}
+TYPES = {"/imu/data": "sensor_msgs/msg/Imu", "/odom": "nav_msgs/msg/Odometry",
+         "/cmd_vel": "geometry_msgs/msg/Twist"}
+TARGET_FIELDS = {"steer": "angular.z", "accel": "linear.x"}
 
 
-def write_bag(path: Path, kind: str) -> Path:
-    data = readings()
+def commands() -> list[tuple[int, str, dict[str, float]]]:
+    """(log time, "/cmd_vel", values): the command a policy answered each IMU message
+    with, 1 us after it (a Twist has no header: its time is the bag's log time)."""
+    rng = np.random.default_rng(11)
+    return [(t + 1000, "/cmd_vel", {"steer": float(rng.normal(0, 0.2)),
+                                    "accel": float(rng.normal())})
+            for t, topic, _ in readings() if topic == "/imu/data"]
+
+
+def twist(store: Any, values: dict[str, float]) -> Any:
+    vec = store.types["geometry_msgs/msg/Vector3"]
+    return store.types["geometry_msgs/msg/Twist"](linear=vec(x=values["accel"], y=0.0, z=0.0),
+                                                  angular=vec(x=0.0, y=0.0, z=values["steer"]))
+
+
+def write_bag(path: Path, kind: str, targets: bool = False) -> Path:
+    data = sorted(readings() + (commands() if targets else []), key=lambda row: row[0])
+    topics = {t: m for t, m in TYPES.items() if targets or t != "/cmd_vel"}
     if kind == "ros1":
         store = get_typestore(Stores.ROS1_NOETIC)
         with Ros1Writer(path) as bag:
-            conns = {t: bag.add_connection(t, m, typestore=store) for t, m in TYPES.items()}
+            conns = {t: bag.add_connection(t, m, typestore=store) for t, m in topics.items()}
             for t, topic, values in data:
-                msg = ros_messages(store, topic, values, t)
+                msg = twist(store, values) if topic == "/cmd_vel" else ros_messages(
+                    store, topic, values, t)
                 bag.write(conns[topic], t, store.serialize_ros1(msg, TYPES[topic]))
         return path
     store = get_typestore(Stores.ROS2_HUMBLE)
     plugin = StoragePlugin.MCAP if kind == "mcap" else StoragePlugin.SQLITE3
     with Ros2Writer(path, version=9, storage_plugin=plugin) as bag:
-        conns = {t: bag.add_connection(t, m, typestore=store) for t, m in TYPES.items()}
+        conns = {t: bag.add_connection(t, m, typestore=store) for t, m in topics.items()}
         for t, topic, values in data:
-            msg = ros_messages(store, topic, values, t)
+            msg = twist(store, values) if topic == "/cmd_vel" else ros_messages(
+                store, topic, values, t)
             bag.write(conns[topic], t, store.serialize_cdr(msg, TYPES[topic]))
     return path
 
 
-def write_same_readings_as_mcap(path: Path, stream: str) -> Path:
-    """The bag's readings as a vehicle stack would have sent them to lstm-stream."""
+def write_same_readings_as_mcap(path: Path, stream: str, targets: bool = False) -> Path:
+    """The bag's readings as a vehicle stack would have sent them to lstm-stream; the
+    targets as lstm-stream targets on 'controls', naming the IMU message they answer."""
     seqs: dict[str, int] = {}
     with LogWriter(path) as log:
         for t, topic, values in readings():
             seq = seqs[topic] = seqs.get(topic, -1) + 1
             payload = msgpack.packb({"stream": stream, "seq": seq, "stamp_ns": t, "x": values})
             log.write(topic, payload, t)
+        for seq, (t, _, values) in enumerate(commands() if targets else []):
+            payload = msgpack.packb({"stream": stream, "seq": seq,
+                                     "y": [values["steer"], values["accel"]]})
+            log.write("controls", payload, t)
     return path
 
 
@@ -165,6 +193,72 @@ def test_eval_of_a_bag_equals_eval_of_the_same_readings_as_an_mcap_log(
     assert from_bag.logs[0].stepped == from_mcap.logs[0].stepped == 100
     first = msgpack.unpackb(a[1])
     assert first["stream"] == "drive" and first["stamp_ns"] == T0 + 10_000_000 + 1000
+
+
+@pytest.fixture
+def steering_model(tmp_path: Path) -> str:
+    path = tmp_path / "steer.onnx"
+    onnx.save(build_step_model(features=4, hidden=16, layers=1, feature_names=FEATURES,
+                               outputs=2, output_names=["steer", "accel"], seed=3), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["sqlite3", "mcap", "ros1"])
+def test_eval_scores_a_bags_twist_targets_as_the_same_targets_in_an_mcap_log(
+        tmp_path: Path, steering_model: str, kind: str) -> None:
+    bag = write_bag(tmp_path / ("drive.bag" if kind == "ros1" else "drive"), kind, targets=True)
+    mcap = write_same_readings_as_mcap(tmp_path / "same.mcap", "drive", targets=True)
+    on_bag = dataclasses.replace(options(tmp_path, steering_model, str(tmp_path / "bag")),
+                                 target_topic="/cmd_vel", target_fields=TARGET_FIELDS)
+    on_mcap = dataclasses.replace(options(tmp_path, steering_model, str(tmp_path / "mcap")),
+                                  target_topic="controls")
+    a, b = evaluate([bag], on_bag).logs[0], evaluate([mcap], on_mcap).logs[0]
+    assert (a.stepped, a.targets, a.unmatched_outputs) == (100, 100, 0)
+    assert (b.stepped, b.targets, b.unmatched_outputs) == (100, 100, 0)
+    assert a.histogram == b.histogram
+    assert a.errors().metrics() == b.errors().metrics()
+    # and the errors are those of the outputs against the commands, worked out here
+    ys = np.array([msgpack.unpackb(d)["y"] for d in policy(tmp_path / "bag" /
+                                                              "drive.policy.mcap")])
+    want = np.array([[v["steer"], v["accel"]] for _, _, v in commands()])
+    assert a.streams[0].errors.abs_sum == pytest.approx(np.abs(ys - want).sum(), rel=1e-9)
+
+
+def test_a_bags_targets_need_one_field_per_model_output(
+        tmp_path: Path, steering_model: str) -> None:
+    bag = write_bag(tmp_path / "drive", "sqlite3", targets=True)
+    base = dataclasses.replace(options(tmp_path, steering_model, str(tmp_path / "out")),
+                               target_topic="/cmd_vel")
+    with pytest.raises(ConfigError, match="missing: steer, accel") as err:
+        evaluate([bag], base)
+    assert "--target-field" in str(err.value) and "steer, accel" in str(err.value)
+    with pytest.raises(ConfigError, match="not outputs of the model: yaw"):
+        evaluate([bag], dataclasses.replace(base, target_fields={**TARGET_FIELDS,
+                                                                 "yaw": "angular.x"}))
+    with pytest.raises(ConfigError, match="geometry_msgs/msg/Vector3 has no field 'q'") as err:
+        evaluate([bag], dataclasses.replace(base, target_fields={**TARGET_FIELDS,
+                                                                 "steer": "angular.q"}))
+    assert err.value.field == "--target-field"
+    mcap = write_same_readings_as_mcap(tmp_path / "same.mcap", "drive", targets=True)
+    with pytest.raises(ConfigError, match="drop --target-field"):
+        evaluate([mcap], dataclasses.replace(base, target_topic="controls",
+                                             target_fields=TARGET_FIELDS))
+
+
+def test_eval_cli_scores_a_bag_with_target_fields(
+        tmp_path: Path, steering_model: str, capsys: pytest.CaptureFixture[str]) -> None:
+    bag = write_bag(tmp_path / "drive", "mcap", targets=True)
+    (tmp_path / "ros.toml").write_text(CONFIG)
+    assert main(["eval", str(bag), "--model", steering_model, "--config",
+                 str(tmp_path / "ros.toml"), "--target-topic", "/cmd_vel", "--target-field",
+                 "steer=angular.z", "--target-field", "accel=linear.x", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["logs"][0]["targets"] == 100 and report["logs"][0]["unmatched_outputs"] == 0
+    assert report["overall"]["mae"] > 0
+    assert main(["eval", str(bag), "--model", steering_model, "--config",
+                 str(tmp_path / "ros.toml"), "--target-topic", "/cmd_vel", "--target-field",
+                 "steer"]) == 2
+    assert "give OUTPUT=FIELD.PATH" in capsys.readouterr().err
 
 
 def test_a_field_path_the_type_lacks_is_refused_with_its_fields(tmp_path: Path) -> None:

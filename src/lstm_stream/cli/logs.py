@@ -56,6 +56,8 @@ examples:
   lstm-stream eval drive.mcap --model models/policy.onnx --reference ref/drive.policy.mcap
   lstm-stream eval logs/*.mcap --model models/policy.onnx --workers 4 --report out/
   lstm-stream eval /shared/logs/*.mcap --model models/policy.onnx --report /shared/out/ --ray auto
+  lstm-stream eval run_bag/ --config ros.toml --target-topic /cmd_vel \
+      --target-field steer=angular.z --report out/
 
 Outputs are written as <log>.policy.mcap beside each log (or into --report).
 With --reference the outputs must equal the reference within |a-b| <=
@@ -283,6 +285,10 @@ def _add_eval(sub: Any) -> None:
     add_model_io_options(p)
     p.add_argument("--target-topic", help="topic of the recorded targets to score against")
     p.add_argument("--target-key", default="y", help="key of the target array (default y)")
+    p.add_argument("--target-field", dest="target_fields", action="append", default=[],
+                   metavar="OUTPUT=FIELD.PATH", help="ROS bags: the field of the target "
+                   "message that gives a model output, once per output (e.g. "
+                   "steer=angular.z); matched to the first output at or after it")
     p.add_argument("--report", metavar="DIR", help="write report.json, report.md, PNG plots "
                    "and the output files into DIR")
     p.add_argument("--reference", metavar="OUT.mcap|DIR/", help="compare the outputs with "
@@ -301,6 +307,21 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the report as one JSON document "
                    "on stdout (other lines go to stderr)")
     p.set_defaults(handler=_eval)
+
+
+def _target_fields(given: list[str]) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for item in given:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ConfigError(f"--target-field {item!r}: give OUTPUT=FIELD.PATH, the model "
+                              "output and the field of the target message that gives it, "
+                              "e.g. --target-field steer=angular.z.", field="--target-field")
+        if name.strip() in fields:
+            raise ConfigError(f"--target-field {item!r}: output {name.strip()!r} is given "
+                              "twice; give each output once.", field="--target-field")
+        fields[name.strip()] = path.strip()
+    return fields
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -326,7 +347,8 @@ def _eval(args: argparse.Namespace) -> int:
     options = EvalOptions(
         model=cfg.model.path, backend=cfg.model.backend, threads=cfg.model.threads,
         sensor_topics=list(cfg.input.topics), target_topic=args.target_topic,
-        target_key=args.target_key, output_dir=args.report, report_dir=args.report,
+        target_key=args.target_key, target_fields=_target_fields(args.target_fields),
+        output_dir=args.report, report_dir=args.report,
         max_streams=cfg.state.max_streams, idle_timeout_s=cfg.state.idle_timeout_s,
         max_gap=cfg.state.max_gap, max_message_bytes=cfg.input.max_message_bytes,
         output_topic=cfg.output.topic, diagnostics_topic=cfg.output.diagnostics_topic,

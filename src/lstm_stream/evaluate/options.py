@@ -23,6 +23,8 @@ class EvalOptions:
     sensor_topics: list[str] = field(default_factory=lambda: ["sensors"])  # prefixes, as serve
     target_topic: str | None = None
     target_key: str = "y"
+    # ROS bags: model output -> field path of the target message (--target-field)
+    target_fields: dict[str, str] = field(default_factory=dict)
     output_dir: str | None = None  # None: report_dir, else beside each input log
     report_dir: str | None = None  # JSON + PNG report; None: none
     max_streams: int = 1024

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from lstm_stream.core.backends import create_backend
+from lstm_stream.core.config import SourceConfig
 from lstm_stream.core.contract import load_contract
 from lstm_stream.core.emit import Emitter
 from lstm_stream.core.errors import ConfigError, LstmStreamError
@@ -95,11 +96,15 @@ class _LogEvaluation:
                 raise ConfigError(f"{self.path} is a ROS bag: give [[input.sources]] with "
                                   "fields that say which message field gives which feature "
                                   "(docs/sources.md)", field="input.sources")
-            if opts.target_topic is not None:
-                raise ConfigError("--target-topic is not supported for ROS bags yet; "
-                                  "evaluate without it", field="--target-topic")
-            reader = RosBag(self.path, opts.source_configs())
-        sensors = [t for t in reader.topics() if t.startswith(tuple(opts.sensor_topics))]
+            reader = RosBag(self.path, opts.source_configs(), self._bag_target(),
+                            "--target-field")
+        if opts.target_fields and not isinstance(reader, RosBag):
+            raise ConfigError(f"--target-field reads targets from the fields of a ROS bag's "
+                              f"messages, but {self.path} is an lstm-stream log: its targets "
+                              "are maps with 'stream', 'seq' and the array --target-key "
+                              "names; drop --target-field", field="--target-field")
+        sensors = [t for t in reader.topics() if t.startswith(tuple(opts.sensor_topics))
+                   and t != opts.target_topic]
         if not sensors:
             reader.require_topics(opts.sensor_topics)
         if opts.target_topic is not None:
@@ -163,6 +168,28 @@ class _LogEvaluation:
         self._score()
         return self.result
 
+    def _bag_target(self) -> SourceConfig | None:
+        """The bag's target topic read like a source: one field path per model output."""
+        opts, contract = self.options, self.contract
+        names = list(contract.output_names or (f"y{k}" for k in range(contract.n_outputs)))
+        if opts.target_topic is None:
+            return None
+        fields = opts.target_fields
+        missing = [n for n in names if n not in fields]
+        unknown = [n for n in fields if n not in names]
+        if missing or unknown:
+            example = " ".join(f"--target-field {n}=angular.z" for n in names[:2])
+            raise ConfigError(
+                f"{self.path} is a ROS bag: its targets on {opts.target_topic!r} come from "
+                "message fields, one --target-field OUTPUT=FIELD.PATH per model output "
+                f"(the model's outputs: {', '.join(names)}; e.g. {example}); "
+                + (f"missing: {', '.join(missing)}" if missing else "")
+                + ("; " if missing and unknown else "")
+                + (f"not outputs of the model: {', '.join(unknown)}" if unknown else ""),
+                field="--target-field")
+        self.scorer.fields = names
+        return SourceConfig(opts.target_topic, fields={n: fields[n] for n in names})
+
     def _flush(self, pending: list[tuple[list[bytes], int]],
                emit: Callable[[Outcome | Held, int], None]) -> None:
         if pending:
@@ -215,7 +242,8 @@ class _LogEvaluation:
         s.stepped += 1
         if out.reset is not None:
             s.resets[out.reset] = s.resets.get(out.reset, 0) + 1
-        self.scorer.output(out.msg.stream, out.msg.seq, t,
+        stamp = out.msg.stamp_ns
+        self.scorer.output(out.msg.stream, out.msg.seq, t, t if stamp is None else stamp,
                            out.y[0, :self._outputs].astype(np.float64))
 
     def _housekeeping(self, emitter: Emitter, now: int) -> None:

@@ -58,7 +58,11 @@ def _rosbags() -> tuple[ModuleType, ModuleType]:
 class RosBag:
     """A bag read as lstm-stream sensor messages, with LogReader's surface for eval."""
 
-    def __init__(self, path: str | Path, sources: Sequence[SourceConfig] = ()) -> None:
+    def __init__(self, path: str | Path, sources: Sequence[SourceConfig] = (),
+                 target: SourceConfig | None = None,
+                 target_option: str = "data.target.fields") -> None:
+        """``target``: a topic of targets read like a source (train's ``[data.target]``,
+        eval's ``--target-field``); a wrong path in it is refused naming ``target_option``."""
         self.path = Path(path)
         highlevel, typesys = _rosbags()
         if not self.path.exists():
@@ -73,7 +77,10 @@ class RosBag:
         self.problems: list[str] = []
         self.sources = {s.topic: s for s in sources if s.fields}
         for source in self.sources.values():
-            self._check(source)
+            self._check(source, "input.sources", "input.sources.fields")
+        if target is not None:
+            self._check(target, target_option, target_option)
+            self.sources[target.topic] = target
 
     def close(self) -> None:
         self._reader.close()
@@ -156,12 +163,12 @@ class RosBag:
 
     # -- field paths -----------------------------------------------------------------
 
-    def _check(self, source: SourceConfig) -> None:
+    def _check(self, source: SourceConfig, what: str, option: str) -> None:
         info = self._reader.topics.get(source.topic)
         if info is None:
-            raise ConfigError(f"input.sources: topic {source.topic!r} is not in ROS bag "
-                              f"{str(self.path)!r}; its topics: {', '.join(self.topics())}.",
-                              field="input.sources")
+            raise ConfigError(f"{what}: topic {source.topic!r} is not in ROS bag "
+                              f"{str(self.path)!r}; its topics: "
+                              f"{', '.join(sorted(self._reader.topics))}.", field=option)
         paths = dict(source.fields)
         if source.stream_field:
             paths["stream_field"] = source.stream_field
@@ -169,8 +176,8 @@ class RosBag:
             problem = _check_path(self._reader.typestore.fielddefs, info.msgtype, path,
                                   numeric=feature != "stream_field")
             if problem:
-                raise ConfigError(f"input.sources topic {source.topic!r}: {feature} = "
-                                  f"{path!r}: {problem}", field="input.sources.fields")
+                raise ConfigError(f"{what} topic {source.topic!r}: {feature} = "
+                                  f"{path!r}: {problem}", field=option)
 
 
 def _check_path(fielddefs: dict[str, Any], msgtype: str, path: str,

@@ -63,7 +63,7 @@ class LogSource:
                                 "with fields (which message field gives which feature) and "
                                 "[data.target] with topic and fields (docs/training.md).")
         target = SourceConfig(data.target.topic, fields=dict(data.target.fields))
-        bag = RosBag(self.path, [*data.sources, target])
+        bag = RosBag(self.path, data.sources, target)
         names = [f for s in data.sources for f in s.features]
         latest: dict[str, dict[str, dict[str, float]]] = {}  # stream -> source -> values
         sensors: list[tuple[str, int, int, np.ndarray, bool]] = []
