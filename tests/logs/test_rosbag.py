@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import pytest
 import zmq
+from mcap.reader import make_reader
 
 from lstm_stream.cli.main import main
 from lstm_stream.core.config import SourceConfig, load_runner_config
@@ -222,6 +223,22 @@ def test_eval_scores_a_bags_twist_targets_as_the_same_targets_in_an_mcap_log(
                                                               "drive.policy.mcap")])
     want = np.array([[v["steer"], v["accel"]] for _, _, v in commands()])
     assert a.streams[0].errors.abs_sum == pytest.approx(np.abs(ys - want).sum(), rel=1e-9)
+
+
+def test_json_output_of_a_bag_carries_its_twist_targets_by_output_name(
+        tmp_path: Path, steering_model: str) -> None:
+    bag = write_bag(tmp_path / "drive", "mcap", targets=True)
+    opts = dataclasses.replace(options(tmp_path, steering_model, str(tmp_path / "out")),
+                               target_topic="/cmd_vel", target_fields=TARGET_FIELDS,
+                               encoding="json")
+    assert evaluate([bag], opts).logs[0].targets == 100
+    with open(tmp_path / "out" / "drive.policy.mcap", "rb") as f:
+        messages = [(c.topic, m.log_time, json.loads(m.data))
+                    for _, c, m in make_reader(f).iter_messages(log_time_order=True)]
+    cmds = [(t, m) for topic, t, m in messages if topic == "/cmd_vel"]
+    assert [(t, m["outputs"]) for t, m in cmds] == [(t, v) for t, _, v in commands()]
+    outputs = [m for topic, _, m in messages if topic == "policy"]
+    assert len(outputs) == 100 and set(outputs[0]["outputs"]) == {"steer", "accel"}
 
 
 def test_a_bags_targets_need_one_field_per_model_output(

@@ -27,7 +27,7 @@ from lstm_stream.core.backends import BackendName
 from lstm_stream.core.config import load_runner_config
 from lstm_stream.core.errors import ConfigError, EvaluationError, LogError
 from lstm_stream.core.progress import TerminalProgress
-from lstm_stream.evaluate.options import EvalOptions
+from lstm_stream.evaluate.options import ENCODINGS, EvalOptions
 from lstm_stream.evaluate.report import render_table
 
 RECORD_EPILOG = """\
@@ -289,6 +289,10 @@ def _add_eval(sub: Any) -> None:
                    metavar="OUTPUT=FIELD.PATH", help="ROS bags: the field of the target "
                    "message that gives a model output, once per output (e.g. "
                    "steer=angular.z); matched to the first output at or after it")
+    p.add_argument("--encoding", choices=ENCODINGS, default="msgpack",
+                   help="of the output files: msgpack (as serve publishes, default) or json "
+                   "(JSON with a schema per channel and the targets, which Foxglove plots "
+                   "with no setup)")
     p.add_argument("--report", metavar="DIR", help="write report.json, report.md, PNG plots "
                    "and the output files into DIR")
     p.add_argument("--reference", metavar="OUT.mcap|DIR/", help="compare the outputs with "
@@ -333,6 +337,10 @@ def _eval(args: argparse.Namespace) -> int:
         raise ConfigError("Give either --ray (the cluster decides how many logs run at once) "
                           "or --workers (local processes), not both; got --workers "
                           f"{args.workers} with --ray {args.ray}.")
+    if args.reference and args.encoding != "msgpack":
+        raise ConfigError("--reference compares msgpack outputs; drop --encoding json, or "
+                          "write the JSON file in a second run (or with lstm-stream log "
+                          "export --foxglove).", field="--encoding")
     if args.update_reference and not args.reference:
         raise ConfigError("--update-reference needs --reference PATH (where to write it).")
     overrides, labels = model_io_overrides(args)
@@ -354,7 +362,8 @@ def _eval(args: argparse.Namespace) -> int:
         output_topic=cfg.output.topic, diagnostics_topic=cfg.output.diagnostics_topic,
         io=dataclasses.asdict(cfg.model.io),
         sources=[dataclasses.asdict(s) for s in cfg.input.sources],
-        stale=cfg.freshness.stale, ages=cfg.output.ages, batch=cfg.batching.max_batch)
+        stale=cfg.freshness.stale, ages=cfg.output.ages, batch=cfg.batching.max_batch,
+        encoding=args.encoding)
     report = fleet.evaluate(args.logs, options, workers=args.workers, progress=_progress(),
                                ray_address=args.ray)
     # With --json, stdout carries exactly one JSON document; every other line is stderr's.

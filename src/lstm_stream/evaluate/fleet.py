@@ -16,6 +16,7 @@ from lstm_stream.core.contract import load_contract
 from lstm_stream.core.errors import EvaluationError
 from lstm_stream.core.progress import NullProgress, Progress
 from lstm_stream.evaluate import parallel, split
+from lstm_stream.evaluate.json_output import rewrite_as_json
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.evaluate.report import write_report
 from lstm_stream.evaluate.results import EvalReport, LogResult, from_plain, gather
@@ -74,7 +75,11 @@ def _evaluate_split(path: Path, options: EvalOptions, workers: int, progress: Pr
     parts = gather([from_plain(out) for out in outputs])
     reason = split.needs_one_piece(parts, options)
     if reason is None:
-        return split.merge(path, options, parts, output_metadata(path, options, sha))
+        merged = split.merge(path, options, parts, output_metadata(path, options, sha))
+        if options.encoding == "json":
+            labels = load_contract(options.model, options.model_io()).output_labels
+            rewrite_as_json(Path(merged.output), path, options, labels)
+        return merged
     for part in parts:
         Path(part.output).unlink(missing_ok=True)
     log.warning("eval: %s is evaluated in one process: %s", path, reason)

@@ -8,9 +8,11 @@ from typing import Any
 
 from lstm_stream.core.backends import BackendName
 from lstm_stream.core.config import SourceConfig
+from lstm_stream.core.errors import ConfigError
 from lstm_stream.core.model_io import ModelIO
 
 OUTPUT_SUFFIX = ".policy.mcap"
+ENCODINGS = ("msgpack", "json")  # of eval's output files (json: evaluate/json_output.py)
 
 
 @dataclass
@@ -42,6 +44,12 @@ class EvalOptions:
     batch: int = 64  # streams stepped in one backend call (as batching.max_batch); 1 = one
     # message per call. Outputs are the same either way (tests/evaluate/test_batched.py).
     ages: bool = False  # output.ages
+    encoding: str = "msgpack"  # of the output file; "json": Foxglove JSON (json_output.py)
+
+    def __post_init__(self) -> None:
+        if self.encoding not in ENCODINGS:
+            raise ConfigError(f"eval output encoding must be one of {', '.join(ENCODINGS)}; "
+                              f"got {self.encoding!r}.", field="--encoding")
 
     def source_configs(self) -> list[SourceConfig]:
         return [SourceConfig(**s) for s in self.sources]

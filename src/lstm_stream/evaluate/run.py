@@ -32,6 +32,7 @@ from lstm_stream.core.protocol import Rejection
 from lstm_stream.core.sources import Held, SourceStepper, StalePolicy, resolve_sources
 from lstm_stream.core.stepper import BatchStepped, Outcome, Stepped, StreamStepper
 from lstm_stream.evaluate import split
+from lstm_stream.evaluate.json_output import rewrite_as_json
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.evaluate.report import plot_predictions
 from lstm_stream.evaluate.results import LogFailure, LogOutcome, LogResult, StreamResult, to_plain
@@ -170,8 +171,7 @@ class _LogEvaluation:
 
     def _bag_target(self) -> SourceConfig | None:
         """The bag's target topic read like a source: one field path per model output."""
-        opts, contract = self.options, self.contract
-        names = list(contract.output_names or (f"y{k}" for k in range(contract.n_outputs)))
+        opts, names = self.options, self.contract.output_labels
         if opts.target_topic is None:
             return None
         fields = opts.target_fields
@@ -282,8 +282,14 @@ def output_metadata(path: Path, opts: EvalOptions, model_sha256: str) -> dict[st
 
 def evaluate_log(path: str | Path, options: EvalOptions,
                  progress: Progress | None = None) -> LogResult:
-    """Evaluate one log; writes ``options.output_path(path)``."""
-    return _LogEvaluation(Path(path), options).run(progress or NullProgress())
+    """Evaluate one log; writes ``options.output_path(path)`` (as Foxglove JSON with
+    ``options.encoding == "json"``, once the log is whole: not a shard's part)."""
+    evaluation = _LogEvaluation(Path(path), options)
+    result = evaluation.run(progress or NullProgress())
+    if options.encoding == "json" and not options.shard:
+        rewrite_as_json(Path(result.output), Path(path), options,
+                        evaluation.contract.output_labels)
+    return result
 
 
 def evaluate_log_outcome(path: str | Path, options: EvalOptions) -> LogOutcome:

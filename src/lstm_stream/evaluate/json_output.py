@@ -1,0 +1,84 @@
+"""``eval --encoding json``: an output file that Foxglove opens and plots with no setup.
+
+Eval writes its outputs as msgpack (what ``serve`` publishes and ``--reference``
+compares), then this module rewrites the file with logs/foxglove.py's export:
+JSON messages with a JSON schema per channel, ``outputs`` by the model's output
+names, ``reset_event`` and ``stale_count`` as numbers. With ``--target-topic``
+the log's targets are written into the same file on their own topic, with
+``outputs`` by the same names, so one Plot panel overlays ``/policy.outputs.steer``
+and ``/<target topic>.outputs.steer`` on the drive's timeline. A bag's targets
+(``--target-field``) become ``{"stream", "seq", "stamp_ns", "y"}`` first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+
+from lstm_stream.core.config import SourceConfig
+from lstm_stream.evaluate.options import EvalOptions
+from lstm_stream.logs import format as fmt
+from lstm_stream.logs.foxglove import export_foxglove
+from lstm_stream.logs.reader import LoggedMessage, LogReader
+from lstm_stream.logs.rosbag import RosBag, is_rosbag
+
+log = logging.getLogger(__name__)
+
+
+def rewrite_as_json(output: Path, log_path: Path, options: EvalOptions,
+                    output_names: list[str]) -> int:
+    """Rewrite the msgpack eval ``output`` of ``log_path`` in place as Foxglove JSON,
+    with the log's targets added; returns the messages written."""
+    staged = output.with_name(output.name + ".msgpack")
+    output.replace(staged)
+    try:
+        meta = {**LogReader(staged).metadata.get(fmt.METADATA_NAME, {}), "encoding": "json"}
+        written = export_foxglove(staged, output, output_names=output_names,
+                                  extra=targets(log_path, options, output_names),
+                                  metadata=meta)
+    except BaseException:
+        output.unlink(missing_ok=True)
+        staged.replace(output)  # the msgpack outputs are kept, not lost
+        raise
+    staged.unlink()
+    log.info("eval: %s written as JSON for Foxglove (%d messages)", output, written)
+    return written
+
+
+def targets(log_path: Path, options: EvalOptions,
+            output_names: list[str]) -> Iterator[LoggedMessage]:
+    """The log's target messages in log order, with ``y`` or ``outputs`` by name."""
+    topic = options.target_topic
+    if topic is None:
+        return
+    if is_rosbag(log_path):
+        fields = {n: options.target_fields[n] for n in output_names}
+        bag = RosBag(log_path, (), SourceConfig(topic, fields=fields), "--target-field")
+        try:
+            for msg in bag.messages([topic]):
+                body = msgpack.unpackb(msg.data)
+                y = [body["x"][n] for n in output_names]
+                data = msgpack.packb({"stream": body["stream"], "seq": body["seq"],
+                                      "stamp_ns": body["stamp_ns"], "y": y})
+                yield LoggedMessage(topic, msg.log_time_ns, msg.publish_time_ns, data,
+                                    msg.sequence)
+        finally:
+            bag.close()
+        return
+    key = options.target_key
+    for msg in LogReader(log_path).messages([topic]):
+        if key == "y":
+            yield msg  # the export adds outputs by name from y
+            continue
+        try:
+            body = msgpack.unpackb(msg.data, raw=False)
+            values = body[key]
+            body["outputs"] = dict(zip(output_names, values, strict=True))
+        except Exception:  # unusable targets were counted by scoring; shown as they are
+            yield msg
+            continue
+        yield LoggedMessage(topic, msg.log_time_ns, msg.publish_time_ns,
+                            msgpack.packb(body), msg.sequence)
