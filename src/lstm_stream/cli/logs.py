@@ -339,8 +339,8 @@ def _eval(args: argparse.Namespace) -> int:
                           f"{args.workers} with --ray {args.ray}.")
     if args.reference and args.encoding != "msgpack":
         raise ConfigError("--reference compares msgpack outputs; drop --encoding json, or "
-                          "write the JSON file in a second run (or with lstm-stream log "
-                          "export --foxglove).", field="--encoding")
+                          "write the JSON file in a second run without --reference.",
+                          field="--encoding")
     if args.update_reference and not args.reference:
         raise ConfigError("--update-reference needs --reference PATH (where to write it).")
     overrides, labels = model_io_overrides(args)

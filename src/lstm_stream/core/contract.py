@@ -109,11 +109,6 @@ class ModelContract:
         return {name: i for i, name in enumerate(self.feature_names)}
 
     @property
-    def output_labels(self) -> list[str]:
-        """A name per output of y: the model's output names, else y0, y1, ..."""
-        return list(self.output_names or (f"y{k}" for k in range(self.n_outputs)))
-
-    @property
     def n_extra(self) -> int:
         """Columns of the extra outputs, after the ``n_outputs`` of y."""
         return sum(e.width for e in self.extras)

@@ -16,7 +16,7 @@ from lstm_stream.core.contract import load_contract
 from lstm_stream.core.errors import EvaluationError
 from lstm_stream.core.progress import NullProgress, Progress
 from lstm_stream.evaluate import parallel, split
-from lstm_stream.evaluate.json_output import rewrite_as_json
+from lstm_stream.evaluate.json_output import output_labels, rewrite_as_json
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.evaluate.report import write_report
 from lstm_stream.evaluate.results import EvalReport, LogResult, from_plain, gather
@@ -77,7 +77,7 @@ def _evaluate_split(path: Path, options: EvalOptions, workers: int, progress: Pr
     if reason is None:
         merged = split.merge(path, options, parts, output_metadata(path, options, sha))
         if options.encoding == "json":
-            labels = load_contract(options.model, options.model_io()).output_labels
+            labels = output_labels(load_contract(options.model, options.model_io()))
             rewrite_as_json(Path(merged.output), path, options, labels)
         return merged
     for part in parts:

@@ -19,6 +19,7 @@ from pathlib import Path
 import msgpack
 
 from lstm_stream.core.config import SourceConfig
+from lstm_stream.core.contract import ModelContract
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.logs import format as fmt
 from lstm_stream.logs.foxglove import export_foxglove
@@ -26,6 +27,11 @@ from lstm_stream.logs.reader import LoggedMessage, LogReader
 from lstm_stream.logs.rosbag import RosBag, is_rosbag
 
 log = logging.getLogger(__name__)
+
+
+def output_labels(contract: ModelContract) -> list[str]:
+    """A name per output of y: the model's output names, else y0, y1, ..."""
+    return list(contract.output_names or (f"y{k}" for k in range(contract.n_outputs)))
 
 
 def rewrite_as_json(output: Path, log_path: Path, options: EvalOptions,

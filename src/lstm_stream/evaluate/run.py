@@ -32,7 +32,7 @@ from lstm_stream.core.protocol import Rejection
 from lstm_stream.core.sources import Held, SourceStepper, StalePolicy, resolve_sources
 from lstm_stream.core.stepper import BatchStepped, Outcome, Stepped, StreamStepper
 from lstm_stream.evaluate import split
-from lstm_stream.evaluate.json_output import rewrite_as_json
+from lstm_stream.evaluate.json_output import output_labels, rewrite_as_json
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.evaluate.report import plot_predictions
 from lstm_stream.evaluate.results import LogFailure, LogOutcome, LogResult, StreamResult, to_plain
@@ -171,7 +171,7 @@ class _LogEvaluation:
 
     def _bag_target(self) -> SourceConfig | None:
         """The bag's target topic read like a source: one field path per model output."""
-        opts, names = self.options, self.contract.output_labels
+        opts, names = self.options, output_labels(self.contract)
         if opts.target_topic is None:
             return None
         fields = opts.target_fields
@@ -288,7 +288,7 @@ def evaluate_log(path: str | Path, options: EvalOptions,
     result = evaluation.run(progress or NullProgress())
     if options.encoding == "json" and not options.shard:
         rewrite_as_json(Path(result.output), Path(path), options,
-                        evaluation.contract.output_labels)
+                        output_labels(evaluation.contract))
     return result
 
 
