@@ -45,12 +45,18 @@ def test_json_output_carries_outputs_by_name_and_the_targets(tmp_path: Path) -> 
     log = write_drive(tmp_path / "drive.mcap", streams=2, steps=30)
     assert main(["eval", str(log), "--model", MODEL, "--target-topic", "controls",
                  "--report", str(tmp_path / "plain")]) == 0
+    # a file of the user's where the conversion could have staged its msgpack copy
+    (tmp_path / "json").mkdir()
+    theirs = tmp_path / "json" / "drive.policy.mcap.msgpack"
+    theirs.write_bytes(b"not ours")
     assert main(["eval", str(log), "--model", MODEL, "--target-topic", "controls",
                  "--report", str(tmp_path / "json"), "--encoding", "json"]) == 0
     meta, messages = read_json_mcap(tmp_path / "json" / "drive.policy.mcap")
     assert meta["encoding"] == "json" and meta["kind"] == "evaluation"
     assert len(meta["model_sha256"]) == 64 and meta["source"] == "drive.mcap"
-    assert not list((tmp_path / "json").glob("*.msgpack"))  # the staged file is gone
+    # the staged copy is gone, the user's file untouched
+    assert list((tmp_path / "json").glob("*.msgpack")) == [theirs]
+    assert theirs.read_bytes() == b"not ours"
     policy = [(t, m) for topic, t, m in messages if topic == "policy"]
     targets = [(t, m) for topic, t, m in messages if topic == "controls"]
     assert len(policy) == 60 and len(targets) == 60

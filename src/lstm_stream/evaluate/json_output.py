@@ -13,12 +13,13 @@ and ``/<target topic>.outputs.steer`` on the drive's timeline. A bag's targets
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
 
-from lstm_stream.core.config import SourceConfig
 from lstm_stream.core.contract import ModelContract
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.logs import format as fmt
@@ -38,7 +39,11 @@ def rewrite_as_json(output: Path, log_path: Path, options: EvalOptions,
                     output_names: list[str]) -> int:
     """Rewrite the msgpack eval ``output`` of ``log_path`` in place as Foxglove JSON,
     with the log's targets added; returns the messages written."""
-    staged = output.with_name(output.name + ".msgpack")
+    # a fresh name beside it: no file of the user's is replaced while converting
+    handle, name = tempfile.mkstemp(prefix=output.name + ".", suffix=".msgpack",
+                                    dir=output.parent)
+    os.close(handle)
+    staged = Path(name)
     output.replace(staged)
     try:
         meta = {**LogReader(staged).metadata.get(fmt.METADATA_NAME, {}), "encoding": "json"}
@@ -61,8 +66,7 @@ def targets(log_path: Path, options: EvalOptions,
     if topic is None:
         return
     if is_rosbag(log_path):
-        fields = {n: options.target_fields[n] for n in output_names}
-        bag = RosBag(log_path, (), SourceConfig(topic, fields=fields), "--target-field")
+        bag = RosBag(log_path, (), options.bag_target(output_names), "--target-field")
         try:
             for msg in bag.messages([topic]):
                 body = msgpack.unpackb(msg.data)

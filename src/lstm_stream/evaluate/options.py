@@ -54,6 +54,13 @@ class EvalOptions:
     def source_configs(self) -> list[SourceConfig]:
         return [SourceConfig(**s) for s in self.sources]
 
+    def bag_target(self, output_names: list[str]) -> SourceConfig:
+        """A ROS bag's target topic read like a source: one field path per model output,
+        in the model's order (``target_fields`` must name each; evaluate/run.py checks)."""
+        assert self.target_topic is not None
+        return SourceConfig(self.target_topic,
+                            fields={n: self.target_fields[n] for n in output_names})
+
     def model_io(self) -> ModelIO:
         io = dict(self.io)
         io["extras"] = tuple(io.get("extras", ()))

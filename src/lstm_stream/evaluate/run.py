@@ -188,7 +188,7 @@ class _LogEvaluation:
                 + (f"not outputs of the model: {', '.join(unknown)}" if unknown else ""),
                 field="--target-field")
         self.scorer.fields = names
-        return SourceConfig(opts.target_topic, fields={n: fields[n] for n in names})
+        return opts.bag_target(names)
 
     def _flush(self, pending: list[tuple[list[bytes], int]],
                emit: Callable[[Outcome | Held, int], None]) -> None:
