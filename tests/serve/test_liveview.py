@@ -103,7 +103,6 @@ def test_the_probe_tool_reports_what_the_installed_sdk_accepts() -> None:
 
     from helpers.tools import load_tool
 
-    load_tool("liveview_bench")  # the sibling it imports free_port from
     probe = load_tool("foxglove_subprotocols").probe
     port = free_port()
     server = foxglove.start_server(host="127.0.0.1", port=port)

@@ -15,6 +15,7 @@ from lstm_stream.bench.latency import FLOOR_B
 from lstm_stream.bench.results import (
     BenchReport,
     EvalBenchReport,
+    LiveViewReport,
     ReportHeader,
     ThroughputReport,
     config_name,
@@ -341,5 +342,32 @@ def render_eval(report: EvalBenchReport) -> str:
                      + [["sum", round(sum(report.parts_us.values()), 2)]]),
         "floor: the project's MCAP reader and msgpack decoding of every sensor message, "
         "nothing else; eval rows include loading the model and writing the output file.",
+    ]
+    return "\n".join(lines)
+
+
+def render_liveview(report: LiveViewReport) -> str:
+    """The live-view benchmark as text: each round, plain and live, then the medians."""
+    m = report.medians
+    lines = [line for line in render_platform(report, "lstm-stream bench --liveview")
+             if not line.startswith("settings")]
+    lines += [
+        f"load      {rate_label(report.rate_hz)} for {report.duration_s:g} s per run, "
+        "one stream, tcp; live: serve --foxglove and a viewer subscribed to every channel",
+        "",
+        "end to end over ZeroMQ (us): sensor sent -> output received, same clock",
+        render_table(["round", "runner", "p50", "p99", "sent", "lost", "viewer frames",
+                      "channels", "published", "thinned", "dropped"],
+                     [[r["round"], "live view" if r["live"] else "plain", r["p50"], r["p99"],
+                       r["sent"], r["lost"],
+                       *((r["viewer_frames"], r["viewer_channels"], r["published"],
+                          r["thinned"], r["dropped"]) if r["live"] else ("",) * 5)]
+                      for r in report.runs]),
+        "",
+        f"medians: plain p50 {m['plain_p50_us']} us, p99 {m['plain_p99_us']} us; live view "
+        f"p50 {m['live_p50_us']} us, p99 {m['live_p99_us']} us",
+        f"live / plain: p50 {m['p50_ratio']:.3f}x, p99 {m['p99_ratio']:.3f}x",
+        "published, thinned, dropped: the runner's live view (control status); thinned is "
+        "viz.max_rate_hz at work, dropped a viewer too slow for the queue.",
     ]
     return "\n".join(lines)

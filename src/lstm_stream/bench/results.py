@@ -77,6 +77,21 @@ class EvalBenchReport(ReportHeader):
                 "parts_us": self.parts_us}
 
 
+@dataclass
+class LiveViewReport(ReportHeader):
+    """``lstm-stream bench --liveview``: the runner with and without the Foxglove live view."""
+
+    rate_hz: float
+    duration_s: float
+    runs: list[dict[str, Any]]  # round, live, p50, p99, sent, lost (+ viewer and view counts)
+    medians: dict[str, float]  # plain_/live_ p50_us, p99_us, and p50_ratio, p99_ratio
+
+    def to_json(self) -> dict[str, Any]:
+        return {"suite": "liveview", "platform": self.platform, "model": self.model,
+                "started": self.started, "rate_hz": self.rate_hz,
+                "duration_s": self.duration_s, "runs": self.runs, "medians": self.medians}
+
+
 def model_record(path: str, contract: ModelContract) -> dict[str, Any]:
     """The model's identity and shape, as every report records it."""
     state = contract.states[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import sys
 from collections.abc import Callable
@@ -12,12 +13,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lstm_stream.bench.latency import BenchSettings, run_bench
+from lstm_stream.bench.liveview import LiveViewSettings, run_liveview
 from lstm_stream.bench.load import MAX_WINDOW
 from lstm_stream.bench.report import (
     plot,
     plot_throughput,
     render,
     render_eval,
+    render_liveview,
     render_throughput,
     save_raw,
 )
@@ -39,6 +42,7 @@ examples:
   lstm-stream bench --throughput --quick              # throughput smoke test
   lstm-stream bench --eval                            # eval against reading the log (generated)
   lstm-stream bench --eval drive.mcap --json eval.json
+  lstm-stream bench --liveview --rounds 3 --duration 5   # the Foxglove live view's cost
 
 Read docs/latency.md for how to prepare the machine and read the report.
 """
@@ -93,6 +97,13 @@ def add_commands(sub: Any) -> None:
                    help="streams of the generated log (default 100)")
     e.add_argument("--eval-steps", type=int, default=2000, metavar="N",
                    help="messages per stream of the generated log (default 2000)")
+    v = p.add_argument_group("live view: the runner with and without serve --foxglove")
+    v.add_argument("--liveview", action="store_true",
+                   help="alternate a plain runner and one with the Foxglove live view and a "
+                   "viewer subscribed to everything, at one --rate (default 1000) for "
+                   "--duration s per run (default 5); needs the [viz] extra")
+    v.add_argument("--rounds", type=int, default=3, metavar="N",
+                   help="plain and live runs each, alternating (default 3)")
     t = p.add_argument_group("throughput (issue 8): many streams at the highest sustainable rate")
     t.add_argument("--throughput", action="store_true",
                    help="run the throughput suite instead of the latency suite")
@@ -116,6 +127,8 @@ def _error(message: str) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if args.eval is not None:
         return _eval(args)
+    if args.liveview:
+        return _liveview(args)
     if args.throughput:
         return _throughput(args)
     given = [name for name, value in (("--streams", args.streams), ("--window", args.window),
@@ -200,8 +213,8 @@ def _streams(given: str) -> tuple[int, ...]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    if args.throughput:
-        return _error("give either --eval or --throughput, not both")
+    if args.throughput or args.liveview:
+        return _error("give one of --eval, --liveview and --throughput")
     if args.eval_streams < 1 or args.eval_steps < 1:
         return _error("--eval-streams and --eval-steps must be >= 1")
     streams, steps = args.eval_streams, args.eval_steps
@@ -220,6 +233,33 @@ def _eval(args: argparse.Namespace) -> int:
                                   progress=TerminalProgress())
     out = _text_stream(args)
     print(render_eval(report), file=out)
+    if args.json:
+        _write_json(report.to_json(), args.json)
+    return 0
+
+
+def _liveview(args: argparse.Namespace) -> int:
+    given = [name for name, value in (("--throughput", args.throughput or None),
+                                      ("--streams", args.streams), ("--raw", args.raw),
+                                      ("--plot", args.plot)) if value is not None]
+    if given:
+        return _error(f"{', '.join(given)} do not apply with --liveview")
+    rates = args.rate or [1000.0]
+    duration = (1.0 if args.quick else 5.0) if args.duration is None else args.duration
+    rounds = 1 if args.quick else args.rounds
+    if len(rates) != 1 or rates[0] <= 0:
+        return _error(f"--liveview takes one --rate above 0 Hz (a fixed rate); got {rates}")
+    if duration <= 0 or rounds < 1:
+        return _error("--duration must be > 0 and --rounds >= 1")
+    for package, extra in (("foxglove", "viz"), ("websockets", "viz")):
+        if importlib.util.find_spec(package) is None:
+            return _error(f"--liveview needs the {package!r} package: "
+                          f"pip install 'lstm-stream[{extra}]'")
+    settings = LiveViewSettings(model=args.model, rounds=rounds, rate_hz=rates[0],
+                                duration_s=duration)
+    report = run_liveview(settings, TerminalProgress())
+    out = _text_stream(args)
+    print(render_liveview(report), file=out)
     if args.json:
         _write_json(report.to_json(), args.json)
     return 0
