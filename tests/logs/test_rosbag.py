@@ -122,9 +122,12 @@ def twist(store: Any, values: dict[str, float]) -> Any:
                                                   angular=vec(x=0.0, y=0.0, z=values["steer"]))
 
 
-def write_bag(path: Path, kind: str, targets: bool = False) -> Path:
+def write_bag(path: Path, kind: str, targets: bool = False, stamped: bool = False) -> Path:
+    """``stamped``: the commands as geometry_msgs/msg/TwistStamped, stamped and framed
+    like the sensors (header.frame_id "base_link"); rosbag2 only."""
     data = sorted(readings() + (commands() if targets else []), key=lambda row: row[0])
-    topics = {t: m for t, m in TYPES.items() if targets or t != "/cmd_vel"}
+    types = {**TYPES, "/cmd_vel": "geometry_msgs/msg/TwistStamped"} if stamped else TYPES
+    topics = {t: m for t, m in types.items() if targets or t != "/cmd_vel"}
     if kind == "ros1":
         store = get_typestore(Stores.ROS1_NOETIC)
         with Ros1Writer(path) as bag:
@@ -141,7 +144,11 @@ def write_bag(path: Path, kind: str, targets: bool = False) -> Path:
         for t, topic, values in data:
             msg = twist(store, values) if topic == "/cmd_vel" else ros_messages(
                 store, topic, values, t)
-            bag.write(conns[topic], t, store.serialize_cdr(msg, TYPES[topic]))
+            if stamped and topic == "/cmd_vel":
+                header = ros_messages(store, "/imu/data", {"ax": 0.0, "ay": 0.0,
+                                                           "yaw_rate": 0.0}, t).header
+                msg = store.types["geometry_msgs/msg/TwistStamped"](header=header, twist=msg)
+            bag.write(conns[topic], t, store.serialize_cdr(msg, types[topic]))
     return path
 
 
@@ -260,6 +267,34 @@ def test_a_bags_targets_need_one_field_per_model_output(
     with pytest.raises(ConfigError, match="drop --target-field"):
         evaluate([mcap], dataclasses.replace(base, target_topic="controls",
                                              target_fields=TARGET_FIELDS))
+
+
+def test_a_bags_targets_take_their_stream_from_a_field_as_the_sources_do(
+        tmp_path: Path, steering_model: str) -> None:
+    # a stack that names its vehicles in header.frame_id, for readings and commands alike
+    bag = write_bag(tmp_path / "drive", "mcap", targets=True, stamped=True)
+    mcap = write_same_readings_as_mcap(tmp_path / "same.mcap", "base_link", targets=True)
+    framed = CONFIG.replace("trigger = true", 'trigger = true\nstream_field = "header.frame_id"')
+    framed = framed.replace("max_age_ms = 60", 'max_age_ms = 60\nstream_field = "header.frame_id"')
+    base = dataclasses.replace(options(tmp_path, steering_model, str(tmp_path / "bag"), framed),
+                               target_topic="/cmd_vel",
+                               target_fields={n: f"twist.{p}" for n, p in TARGET_FIELDS.items()})
+    # without it the commands are the bag's stream ("drive"): none meets an output
+    apart = evaluate([bag], base).logs[0]
+    assert (apart.stepped, apart.targets, apart.unmatched_outputs) == (100, 100, 100)
+    together = evaluate([bag], dataclasses.replace(
+        base, target_stream_field="header.frame_id")).logs[0]
+    assert (together.stepped, together.targets, together.unmatched_outputs) == (100, 100, 0)
+    on_mcap = dataclasses.replace(options(tmp_path, steering_model, str(tmp_path / "mcap")),
+                                  target_topic="controls")
+    same = evaluate([mcap], on_mcap).logs[0]
+    assert together.histogram == same.histogram
+    assert together.errors().metrics() == same.errors().metrics()
+    with pytest.raises(ConfigError, match="has no field 'frame'") as err:
+        evaluate([bag], dataclasses.replace(base, target_stream_field="header.frame"))
+    assert err.value.field == "--target-stream-field"
+    with pytest.raises(ConfigError, match="drop --target-stream-field"):
+        evaluate([mcap], dataclasses.replace(on_mcap, target_stream_field="header.frame_id"))
 
 
 def test_eval_cli_scores_a_bag_with_target_fields(

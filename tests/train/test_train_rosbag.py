@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lstm_stream.cli.main import main
+from lstm_stream.core.errors import ConfigError, TrainingError
 from lstm_stream.train.config import load_train_config
 from lstm_stream.train.data import load_dataset
 
@@ -51,15 +52,17 @@ batch_size = 1
 """
 
 
-def write_driving_bag(path: Path, steps: int = 120) -> Path:
-    """IMU and odometry at 50 Hz, a steering command after each IMU message."""
+def write_driving_bag(path: Path, steps: int = 120, stamped: bool = False) -> Path:
+    """IMU and odometry at 50 Hz, a steering command after each IMU message (``stamped``:
+    as geometry_msgs/msg/TwistStamped with the sensors' header)."""
     store = get_typestore(Stores.ROS2_HUMBLE)
     t = store.types
     vec = t["geometry_msgs/msg/Vector3"]
     quat = t["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0)
     rng = np.random.default_rng(4)
     kinds = {"/imu/data": "sensor_msgs/msg/Imu", "/odom": "nav_msgs/msg/Odometry",
-             "/cmd_vel": "geometry_msgs/msg/Twist"}
+             "/cmd_vel": "geometry_msgs/msg/TwistStamped" if stamped
+             else "geometry_msgs/msg/Twist"}
     with Ros2Writer(path, version=9, storage_plugin=StoragePlugin.SQLITE3) as bag:
         conns = {k: bag.add_connection(k, m, typestore=store) for k, m in kinds.items()}
         for k in range(steps):
@@ -85,6 +88,8 @@ def write_driving_bag(path: Path, steps: int = 120) -> Path:
                 linear_acceleration_covariance=np.zeros(9))
             cmd = t["geometry_msgs/msg/Twist"](linear=vec(x=speed, y=0.0, z=0.0),
                                                angular=vec(x=0.0, y=0.0, z=-0.5 * yaw))
+            if stamped:
+                cmd = t["geometry_msgs/msg/TwistStamped"](header=header, twist=cmd)
             bag.write(conns["/odom"], now, store.serialize_cdr(odom, kinds["/odom"]))
             bag.write(conns["/imu/data"], now + 1, store.serialize_cdr(imu, kinds["/imu/data"]))
             bag.write(conns["/cmd_vel"], now + 2, store.serialize_cdr(cmd, kinds["/cmd_vel"]))
@@ -102,6 +107,35 @@ def test_a_bag_gives_one_episode_of_assembled_features_and_aligned_targets(
     np.testing.assert_allclose(y[:, 0], -0.5 * x[:, 1], rtol=1e-5, atol=1e-6)
     assert dataset.feature_names == ["ax", "yaw_rate", "speed"]
     assert dataset.output_names == ["steer"]
+
+
+def test_a_bags_target_takes_its_stream_from_a_field_as_the_sources_do(
+        tmp_path: Path) -> None:
+    bag = write_driving_bag(tmp_path / "drive", stamped=True)
+    framed = CONFIG.replace("trigger = true", 'trigger = true\nstream_field = "header.frame_id"')
+    framed = framed.replace("fields = {{ speed",
+                            'stream_field = "header.frame_id"\nfields = {{ speed')
+    framed = framed.replace('fields = {{ steer = "angular.z" }}',
+                            'fields = {{ steer = "twist.angular.z" }}\n'
+                            'stream_field = "header.frame_id"')
+    (tmp_path / "train.toml").write_text(framed.format(bag=bag))
+    dataset = load_dataset(load_train_config(tmp_path / "train.toml"))
+    (x,), (y,) = dataset.train.x, dataset.train.y  # the one vehicle, base_link
+    assert x.shape == (120, 3) and y.shape == (120, 1)
+    np.testing.assert_allclose(y[:, 0], -0.5 * x[:, 1], rtol=1e-5, atol=1e-6)
+    apart = framed.replace('"twist.angular.z" }}\nstream_field = "header.frame_id"',
+                           '"twist.angular.z" }}')
+    (tmp_path / "apart.toml").write_text(apart.format(bag=bag))
+    with pytest.raises(TrainingError, match=r"the sensors' streams are \['base_link'\] and "
+                       r"the targets' \['drive'\]; give \[data.target\] stream_field"):
+        load_dataset(load_train_config(tmp_path / "apart.toml"))
+    wrong = framed.replace('"twist.angular.z" }}\nstream_field = "header.frame_id"',
+                           '"twist.angular.z" }}\nstream_field = "header.frame"')
+    assert wrong != framed
+    (tmp_path / "wrong.toml").write_text(wrong.format(bag=bag))
+    with pytest.raises(ConfigError, match="has no field 'frame'") as err:
+        load_dataset(load_train_config(tmp_path / "wrong.toml"))
+    assert err.value.field == "data.target.stream_field"
 
 
 def test_training_from_a_bag_exports_a_model_that_check_passes(tmp_path: Path) -> None:

@@ -289,6 +289,10 @@ def _add_eval(sub: Any) -> None:
                    metavar="OUTPUT=FIELD.PATH", help="ROS bags: the field of the target "
                    "message that gives a model output, once per output (e.g. "
                    "steer=angular.z); matched to the first output at or after it")
+    p.add_argument("--target-stream-field", default="", metavar="FIELD.PATH",
+                   help="ROS bags: the field of the target message that names its stream, "
+                   "as a source's stream_field (e.g. header.frame_id; default: the bag's "
+                   "name)")
     p.add_argument("--encoding", choices=ENCODINGS, default="msgpack",
                    help="of the output files: msgpack (as serve publishes, default) or json "
                    "(JSON with a schema per channel and the targets, which Foxglove plots "
@@ -356,6 +360,7 @@ def _eval(args: argparse.Namespace) -> int:
         model=cfg.model.path, backend=cfg.model.backend, threads=cfg.model.threads,
         sensor_topics=list(cfg.input.topics), target_topic=args.target_topic,
         target_key=args.target_key, target_fields=_target_fields(args.target_fields),
+        target_stream_field=args.target_stream_field,
         output_dir=args.report, report_dir=args.report,
         max_streams=cfg.state.max_streams, idle_timeout_s=cfg.state.idle_timeout_s,
         max_gap=cfg.state.max_gap, max_message_bytes=cfg.input.max_message_bytes,

@@ -66,7 +66,8 @@ def targets(log_path: Path, options: EvalOptions,
     if topic is None:
         return
     if is_rosbag(log_path):
-        bag = RosBag(log_path, (), options.bag_target(output_names), "--target-field")
+        bag = RosBag(log_path, (), options.bag_target(output_names), "--target-field",
+                     "--target-stream-field")
         try:
             for msg in bag.messages([topic]):
                 body = msgpack.unpackb(msg.data)

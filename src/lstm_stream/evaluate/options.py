@@ -27,6 +27,8 @@ class EvalOptions:
     target_key: str = "y"
     # ROS bags: model output -> field path of the target message (--target-field)
     target_fields: dict[str, str] = field(default_factory=dict)
+    # ROS bags: the target message's field naming its stream ("" = the bag's name)
+    target_stream_field: str = ""
     output_dir: str | None = None  # None: report_dir, else beside each input log
     report_dir: str | None = None  # JSON + PNG report; None: none
     max_streams: int = 1024
@@ -59,7 +61,8 @@ class EvalOptions:
         in the model's order (``target_fields`` must name each; evaluate/run.py checks)."""
         assert self.target_topic is not None
         return SourceConfig(self.target_topic,
-                            fields={n: self.target_fields[n] for n in output_names})
+                            fields={n: self.target_fields[n] for n in output_names},
+                            stream_field=self.target_stream_field)
 
     def model_io(self) -> ModelIO:
         io = dict(self.io)

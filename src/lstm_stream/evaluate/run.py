@@ -98,7 +98,12 @@ class _LogEvaluation:
                                   "fields that say which message field gives which feature "
                                   "(docs/sources.md)", field="input.sources")
             reader = RosBag(self.path, opts.source_configs(), self._bag_target(),
-                            "--target-field")
+                            "--target-field", "--target-stream-field")
+        if opts.target_stream_field and not isinstance(reader, RosBag):
+            raise ConfigError(f"--target-stream-field names the stream field of a ROS bag's "
+                              f"target messages, but {self.path} is an lstm-stream log, whose "
+                              "targets name their stream; drop --target-stream-field",
+                              field="--target-stream-field")
         if opts.target_fields and not isinstance(reader, RosBag):
             raise ConfigError(f"--target-field reads targets from the fields of a ROS bag's "
                               f"messages, but {self.path} is an lstm-stream log: its targets "

@@ -60,9 +60,11 @@ class RosBag:
 
     def __init__(self, path: str | Path, sources: Sequence[SourceConfig] = (),
                  target: SourceConfig | None = None,
-                 target_option: str = "data.target.fields") -> None:
+                 target_option: str = "data.target.fields",
+                 target_stream_option: str = "data.target.stream_field") -> None:
         """``target``: a topic of targets read like a source (train's ``[data.target]``,
-        eval's ``--target-field``); a wrong path in it is refused naming ``target_option``."""
+        eval's ``--target-field``); a wrong path in it is refused naming ``target_option``
+        (``target_stream_option`` for its ``stream_field``)."""
         self.path = Path(path)
         highlevel, typesys = _rosbags()
         if not self.path.exists():
@@ -77,9 +79,10 @@ class RosBag:
         self.problems: list[str] = []
         self.sources = {s.topic: s for s in sources if s.fields}
         for source in self.sources.values():
-            self._check(source, "input.sources", "input.sources.fields")
+            self._check(source, "input.sources", "input.sources.fields",
+                        "input.sources.stream_field")
         if target is not None:
-            self._check(target, target_option, target_option)
+            self._check(target, target_option, target_option, target_stream_option)
             self.sources[target.topic] = target
 
     def close(self) -> None:
@@ -163,7 +166,8 @@ class RosBag:
 
     # -- field paths -----------------------------------------------------------------
 
-    def _check(self, source: SourceConfig, what: str, option: str) -> None:
+    def _check(self, source: SourceConfig, what: str, option: str,
+               stream_option: str) -> None:
         info = self._reader.topics.get(source.topic)
         if info is None:
             raise ConfigError(f"{what}: topic {source.topic!r} is not in ROS bag "
@@ -177,7 +181,8 @@ class RosBag:
                                   numeric=feature != "stream_field")
             if problem:
                 raise ConfigError(f"{what} topic {source.topic!r}: {feature} = "
-                                  f"{path!r}: {problem}", field=option)
+                                  f"{path!r}: {problem}",
+                                  field=stream_option if feature == "stream_field" else option)
 
 
 def _check_path(fielddefs: dict[str, Any], msgtype: str, path: str,

@@ -49,6 +49,7 @@ class TargetConfig:
 
     topic: str = ""
     fields: dict[str, str] = field(default_factory=dict)  # output name -> field path
+    stream_field: str = ""  # the field naming the stream, as a source's ("" = the bag's name)
 
 
 @dataclass

@@ -62,7 +62,8 @@ class LogSource:
             raise TrainingError(f"{str(self.path)!r} is a ROS bag: declare [[data.sources]] "
                                 "with fields (which message field gives which feature) and "
                                 "[data.target] with topic and fields (docs/training.md).")
-        target = SourceConfig(data.target.topic, fields=dict(data.target.fields))
+        target = SourceConfig(data.target.topic, fields=dict(data.target.fields),
+                              stream_field=data.target.stream_field)
         bag = RosBag(self.path, data.sources, target)
         names = [f for s in data.sources for f in s.features]
         latest: dict[str, dict[str, dict[str, float]]] = {}  # stream -> source -> values
@@ -172,13 +173,28 @@ class LogSource:
         for stream in list(current):
             close(stream)
         if not xs:
-            raise TrainingError(f"Log {str(self.path)!r}: no sensor message on "
-                                f"{self.data.sensor_topic!r} has a matching target on "
-                                f"{self.data.target_topic!r} (align = {self.data.align!r}).")
+            raise TrainingError(self._no_match(sensors, targets, align))
         f, o = xs[0].shape[1], ys[0].shape[1]
         names = self.data.features or [f"f{i}" for i in range(f)]
         outs = self.data.targets or [f"y{i}" for i in range(o)]
         return Episodes(xs, ys, names, outs)
+
+    def _no_match(self, sensors: list[tuple[str, int, int, np.ndarray, bool]],
+                  targets: dict[str, list[tuple[int, int, np.ndarray]]], align: str) -> str:
+        """Why no sensor message found its target, naming both sides' streams."""
+        data, bag = self.data, self.data.sources and self.data.target.topic
+        sensed = sorted({row[0] for row in sensors})
+        what = (f"Log {str(self.path)!r}: no trigger message of [[data.sources]] has a target "
+                f"on {data.target.topic!r} after it" if bag else
+                f"Log {str(self.path)!r}: no sensor message on {data.sensor_topic!r} has a "
+                f"matching target on {data.target_topic!r} (align = {align!r})")
+        if sensed and targets and not set(sensed) & set(targets):
+            fix = ("[data.target] stream_field, as the sources' stream_field" if bag else
+                   "the 'stream' of the sensor or target messages")
+            return (f"{what}: the sensors' streams are {sensed[:5]} and the targets' "
+                    f"{sorted(targets)[:5]}; give {fix}, so that both name the same streams.")
+        return f"{what} (sensor messages: {len(sensors)}, targets: " \
+               f"{sum(map(len, targets.values()))})."
 
     @staticmethod
     def _later(rows: list[tuple[int, int, np.ndarray]], t_ns: int,
