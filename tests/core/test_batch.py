@@ -122,3 +122,103 @@ def test_batch_outputs_decode_to_the_rows(contract: ModelContract) -> None:
     rows = [r for r in got.results if isinstance(r, Stepped)]
     assert np.array_equal(y, np.concatenate([r.y[:, :contract.n_outputs] for r in rows]))
     assert rejected["reason"] == "non_finite" and rejected["stream"] == "b"
+
+
+class Payloads:
+    """A sink that keeps the encoded outputs."""
+
+    def __init__(self) -> None:
+        self.outputs: list[bytes] = []
+
+    def output(self, payload: bytes, t_ns: int, stamp_ns: int | None) -> None:
+        self.outputs.append(payload)
+
+    def diagnostic(self, payload: bytes, t_ns: int) -> None:
+        self.outputs.append(payload)
+
+    def message(self, topic: str, payload: bytes, t_ns: int) -> None:
+        pass
+
+
+def row_by_row(message: BatchMessage) -> BatchMessage:
+    """The same message with its rows as objects: StreamStepper's general path."""
+    return BatchMessage(message.topic, message.rows)
+
+
+def test_the_steady_path_writes_what_the_row_by_row_path_writes(
+        contract: ModelContract) -> None:
+    # two steppers fed the same ticks; one may take the steady path, the other never can
+    rng = np.random.default_rng(3)
+    fast, slow = stepper(contract), stepper(contract)
+    fast_out, slow_out = Payloads(), Payloads()
+    names = [f"car{i}" for i in range(30)]
+    took = []
+    for tick in range(8):
+        seqs = [tick + (2 if tick >= 5 and i == 4 else 0) for i in range(30)]  # car4: gap 2
+        x = rng.normal(size=(30, 16)).astype(np.float32)
+        payload = encode_sensor_batch(names, seqs, x, stamps=[1000 * tick + i for i in range(30)])
+        msg = fast.decoder.decode([b"sensors", payload])
+        assert isinstance(msg, BatchMessage)
+        got = fast.step_batch(msg, tick * 1000)
+        want = slow.step_batch(row_by_row(msg), tick * 1000)
+        took.append(got.steady is not None)
+        assert want.steady is None
+        Emitter(fast, fast_out).output_batch(got, 5, tick)
+        Emitter(slow, slow_out).output_batch(want, 5, tick)
+        assert fast_out.outputs[-1] == slow_out.outputs[-1], tick  # byte for byte
+        for stream in slow.store.streams():
+            mine = fast.store.get(stream.name)
+            assert mine is not None
+            assert (mine.last_seq, mine.last_stamp_ns, mine.step, mine.last_seen_ns) == (
+                stream.last_seq, stream.last_stamp_ns, stream.step, stream.last_seen_ns)
+            for a, b in zip(mine.states, stream.states, strict=True):
+                assert np.array_equal(a, b)
+        assert [s.name for s in fast.store.streams()] == [s.name for s in slow.store.streams()]
+    # the first tick creates the streams (row by row); the rest are steady, the gap of
+    # 2 at tick 5 within max_gap (2) included
+    assert took == [False] + [True] * 7
+    gaps = msgpack.unpackb(fast_out.outputs[5])["gap"]
+    assert gaps[4] == 2 and sum(gaps) == 2
+
+
+@pytest.mark.parametrize("case", ["new stream", "reset", "stale seq", "gap past max_gap",
+                                  "idle", "control reset", "long name", "stamp missing",
+                                  "nan"])
+def test_the_steady_path_declines_what_needs_admission_row_by_row(
+        contract: ModelContract, case: str) -> None:
+    s = stepper(contract)
+    long_name = "v" * 100  # 100 bytes: valid, but past the columns' quick bound
+    names = ["a", "b", long_name if case == "long name" else "c"]
+    x = np.zeros((3, 16), np.float32)
+    first = s.step([b"sensors", encode_sensor_batch(names, [0, 0, 0], x,
+                                                    stamps=[1, 2, 3])], 0)
+    assert isinstance(first, BatchStepped) and first.steady is None  # every stream is new
+    seqs, resets, now = [1, 1, 1], None, 1000
+    stamps: list[int | None] = [4, 5, 6]
+    if case == "new stream":
+        names = ["a", "b", "d"]
+    elif case == "reset":
+        resets = [False, True, False]
+    elif case == "stale seq":
+        seqs = [1, 0, 1]
+    elif case == "gap past max_gap":
+        seqs = [1, 4, 1]  # 2 missed is the limit
+    elif case == "idle":
+        now = int(6e9)  # past the default 5 s idle timeout
+    elif case == "control reset":
+        s.store.request_reset("b")
+    elif case == "stamp missing":
+        stamps = [4, None, 6]
+    elif case == "nan":
+        x[1, 3] = np.nan
+    got = s.step([b"sensors", encode_sensor_batch(names, seqs, x, stamps=stamps,
+                                                  resets=resets)], now)
+    assert isinstance(got, BatchStepped) and got.steady is None
+    # the next message of streams that stepped, with ordinary rows, is steady again
+    # (a long name never is: its length is checked row by row)
+    again = ["a", "c"] if case != "long name" else ["a", long_name]
+    plain = s.step([b"sensors", encode_sensor_batch(again, [2, 2], np.zeros((2, 16)),
+                                                    stamps=[7, 8])], now + 1)
+    assert isinstance(plain, BatchStepped)
+    assert (plain.steady is not None) == (case != "long name")
+    assert all(isinstance(r, Stepped) for r in plain.results)

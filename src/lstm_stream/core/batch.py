@@ -42,11 +42,39 @@ _NUMBER = (int, float)
 
 
 @dataclass(slots=True)
+class BatchColumns:
+    """The rows of a batch message none of whose rows is refused by decoding and none
+    resets: its columns as they came, for the stepper's steady path (stepper.py)."""
+
+    streams: list[str]  # distinct, valid names
+    seqs: list[int]
+    stamps: list[int | None]
+    x: np.ndarray  # (rows, features) float32, finite
+
+    def as_rows(self, topic: str) -> list[SensorMessage | Rejection]:
+        x = self.x
+        return [SensorMessage(topic, stream, seq, stamp, x[i:i + 1], False)
+                for i, (stream, seq, stamp) in enumerate(zip(self.streams, self.seqs,
+                                                             self.stamps, strict=True))]
+
+
+@dataclass(slots=True)
 class BatchMessage:
-    """A decoded batch message: per row a reading to step, or why that row is refused."""
+    """A decoded batch message: per row a reading to step, or why that row is refused.
+
+    When no row is refused and none resets, ``columns`` holds them as columns and the
+    per-row objects are only built when asked for (``rows``)."""
 
     topic: str
-    rows: list[SensorMessage | Rejection]
+    given_rows: list[SensorMessage | Rejection] | None
+    columns: BatchColumns | None = None
+
+    @property
+    def rows(self) -> list[SensorMessage | Rejection]:
+        if self.given_rows is None:
+            assert self.columns is not None
+            self.given_rows = self.columns.as_rows(self.topic)
+        return self.given_rows
 
 
 class MessageDecoder(SensorDecoder):
@@ -81,6 +109,9 @@ class MessageDecoder(SensorDecoder):
         if isinstance(x, Rejection):
             x.topic = topic
             return x
+        clean = _clean_columns(streams, columns["seq"], columns["stamp_ns"], columns["reset"], x)
+        if clean is not None:
+            return BatchMessage(topic, None, clean)
         finite = np.isfinite(x).all(axis=1)
         rows: list[SensorMessage | Rejection] = []
         seen: set[str] = set()
@@ -125,6 +156,25 @@ class MessageDecoder(SensorDecoder):
                          "float32 or an array of arrays of numbers")
 
 
+def _clean_columns(streams: list[Any], seqs: list[Any], stamps: list[Any], resets: list[Any],
+                   x: np.ndarray) -> BatchColumns | None:
+    """The columns when every row is valid (what ``_row``, the duplicate and the finite
+    checks would each pass) and none resets; None sends the message row by row."""
+    if set(map(type, streams)) != {str} or len(set(streams)) != len(streams):
+        return None
+    # at most 4 UTF-8 bytes a character: longer names get the exact check, row by row
+    if not 0 < min(map(len, streams)) <= max(map(len, streams)) <= MAX_STREAM_NAME_BYTES // 4:
+        return None
+    if set(map(type, seqs)) != {int} or min(seqs) < 0 or max(seqs) > MAX_SEQ:
+        return None
+    kinds = set(map(type, stamps))
+    if kinds != {type(None)} and (kinds != {int} or min(stamps) < 0 or max(stamps) > MAX_SEQ):
+        return None
+    if set(map(type, resets)) != {bool} or any(resets) or not np.isfinite(x).all():
+        return None
+    return BatchColumns(streams, seqs, stamps, x)
+
+
 def _row(topic: str, i: int, stream: Any, seq: Any, stamp: Any,
          reset: Any) -> tuple[()] | Rejection:
     """Why row ``i`` cannot be stepped, or ``()`` when its keys are valid."""
@@ -159,12 +209,21 @@ def encode_sensor_batch(streams: list[str], seqs: list[int], x: np.ndarray, *,
 def encode_batch_output(packer: msgpack.Packer, rows: list[Any], y: np.ndarray,
                         latency_ns: int, extra: dict[str, np.ndarray] | None = None) -> bytes:
     """The output of a batch message's stepped ``rows`` (Stepped): ``y`` (rows, outputs)."""
+    return encode_batch_columns(
+        packer, [r.msg.stream for r in rows], [r.msg.seq for r in rows],
+        [r.msg.stamp_ns for r in rows], y, [r.step for r in rows], [r.reset for r in rows],
+        [r.gap for r in rows], latency_ns, extra)
+
+
+def encode_batch_columns(packer: msgpack.Packer, streams: list[str], seqs: list[int],
+                         stamps: list[int | None], y: np.ndarray, steps: list[int],
+                         resets: list[str | None], gaps: list[int], latency_ns: int,
+                         extra: dict[str, np.ndarray] | None = None) -> bytes:
+    """A batch output from its columns (what :func:`encode_batch_output` reads off rows)."""
     body: dict[str, Any] = {
-        "streams": [r.msg.stream for r in rows], "seq": [r.msg.seq for r in rows],
-        "stamp_ns": [r.msg.stamp_ns for r in rows],
+        "streams": streams, "seq": seqs, "stamp_ns": stamps,
         "y": np.ascontiguousarray(y, dtype="<f4").tobytes(),
-        "step": [r.step for r in rows], "reset": [r.reset for r in rows],
-        "gap": [r.gap for r in rows], "latency_ns": latency_ns}
+        "step": steps, "reset": resets, "gap": gaps, "latency_ns": latency_ns}
     if extra is not None:
         body["extra"] = {name: np.ascontiguousarray(v, dtype="<f4").tobytes()
                          for name, v in extra.items()}

@@ -21,10 +21,10 @@ from typing import Any, Protocol
 import msgpack
 import numpy as np
 
-from lstm_stream.core.batch import encode_batch_output
+from lstm_stream.core.batch import encode_batch_columns, encode_batch_output
 from lstm_stream.core.protocol import Rejection, encode_output
 from lstm_stream.core.state import StateStore, Stream
-from lstm_stream.core.stepper import BatchStepped, Stepped, StreamStepper
+from lstm_stream.core.stepper import BatchStepped, SteadyRows, Stepped, StreamStepper
 
 STREAM_EXPIRED = "stream_expired"  # the diagnostic event of a stream forgotten when idle
 
@@ -82,6 +82,8 @@ class Emitter:
     def output_batch(self, batch: BatchStepped, latency_ns: int, t_ns: int) -> int:
         """A batch message's outputs as one message (its stepped rows), then one rejection
         per refused row; returns the rows stepped."""
+        if batch.steady is not None:  # every row stepped, none reset: from the columns
+            return self._steady_batch(batch.steady, latency_ns, t_ns)
         rows = [r for r in batch.results if isinstance(r, Stepped)]
         if rows:
             counters = self.counters
@@ -98,6 +100,16 @@ class Emitter:
             if isinstance(refused, Rejection):
                 self.rejection(refused, t_ns)
         return len(rows)
+
+    def _steady_batch(self, steady: SteadyRows, latency_ns: int, t_ns: int) -> int:
+        cols, y, n = steady.columns, steady.y, len(steady.steps)
+        extra = {name: y[:, where] for name, where in self._extras} or None
+        self._output(encode_batch_columns(self._packer, cols.streams, cols.seqs, cols.stamps,
+                                          y[:, :self._n_outputs], steady.steps, [None] * n,
+                                          steady.gaps, latency_ns, extra), t_ns, None)
+        self.counters.stepped += n
+        self.counters.published += 1
+        return n
 
     def rejection(self, rejection: Rejection, t_ns: int) -> None:
         """One rejected message, on the diagnostics topic."""

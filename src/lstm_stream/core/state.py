@@ -163,6 +163,12 @@ class StateStore:
         """
         slots = [0 if a.stream is None else a.stream.slot for a in admissions]
         zero_rows = [i for i, a in enumerate(admissions) if a.states is self._zeros]
+        return self.gather_slots(slots, zero_rows)
+
+    def gather_slots(self, slots: list[int], zero_rows: list[int] | None = None
+                     ) -> tuple[np.ndarray, ...]:
+        """:meth:`gather` by pool rows: row ``i`` from slot ``slots[i]``, zeros in
+        ``zero_rows``."""
         gathered = []
         for pool in self._pools:
             rows = pool[slots]  # (batch, layers, hidden): a copy, in slot order
@@ -170,6 +176,41 @@ class StateStore:
                 rows[zero_rows] = 0.0
             gathered.append(np.ascontiguousarray(rows.transpose(1, 0, 2)))
         return tuple(gathered)
+
+    def admit_steady(self, names: list[str], seqs: list[int], now_ns: int
+                     ) -> tuple[list[Stream], list[int]] | None:
+        """The streams and gaps of a batch of distinct streams when :meth:`admit` would
+        step every one of them from its own state with no reset and no rejection (the
+        stream exists, is not idle, has no pending reset, its seq is new and its gap
+        within ``max_gap``, and the message asks no reset); None when any row needs
+        :meth:`admit`. Changes nothing."""
+        get, limit, max_gap = self._streams.get, now_ns - self.idle_timeout_ns, self.max_gap
+        streams = list(map(get, names))
+        gaps = []
+        for stream, seq in zip(streams, seqs, strict=True):
+            if stream is None or stream.pending_reset is not None or (
+                    stream.last_seen_ns < limit) or seq <= stream.last_seq:
+                return None
+            gap = seq - stream.last_seq - 1
+            if max_gap and gap > max_gap:
+                return None
+            gaps.append(gap)
+        return streams, gaps  # type: ignore[return-value]  # no None: checked above
+
+    def commit_steady(self, streams: list[Stream], slots: list[int], seqs: list[int],
+                      stamps: list[int | None], new_states: Sequence[np.ndarray],
+                      now_ns: int) -> list[int]:
+        """:meth:`commit_many` for :meth:`admit_steady`'s streams; returns their steps."""
+        move = self._streams.move_to_end
+        steps = []
+        for stream, seq, stamp in zip(streams, seqs, stamps, strict=True):
+            move(stream.name)
+            stream.last_seq, stream.last_stamp_ns, stream.last_seen_ns = seq, stamp, now_ns
+            stream.step += 1
+            steps.append(stream.step)
+        for pool, new in zip(self._pools, new_states, strict=True):
+            pool[slots] = new.transpose(1, 0, 2)
+        return steps
 
     def commit_many(self, admissions: Sequence[Admission], msgs: Sequence[SensorMessage],
                     new_states: Sequence[np.ndarray], now_ns: Sequence[int]) -> list[Stream]:

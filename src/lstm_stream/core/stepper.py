@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from lstm_stream.core.backends import StepBackend
-from lstm_stream.core.batch import BatchMessage, MessageDecoder
+from lstm_stream.core.batch import BatchColumns, BatchMessage, MessageDecoder
 from lstm_stream.core.contract import ModelContract
 from lstm_stream.core.protocol import (
     BAD_OUTPUT,
@@ -55,11 +55,37 @@ WARMUP_CALLS = 20  # batch-1 steps before the first message: caches, allocator, 
 WARMUP_ALL_BATCHES = 64  # every batch size up to this is warmed; powers of two above it
 
 @dataclass(slots=True)
+class SteadyRows:
+    """A batch message whose every row was stepped from its stream's own state, with no
+    reset and no rejection (:meth:`StreamStepper.step_batch`'s steady path), as columns."""
+
+    columns: BatchColumns  # what came in
+    y: np.ndarray  # (rows, outputs + extra outputs)
+    steps: list[int]
+    gaps: list[int]
+
+    def as_results(self, topic: str) -> list[Stepped | Rejection]:
+        y = self.y
+        return [Stepped(msg, y[i:i + 1], step, None, gap)  # type: ignore[arg-type]
+                for i, (msg, step, gap) in enumerate(zip(
+                    self.columns.as_rows(topic), self.steps, self.gaps, strict=True))]
+
+
+@dataclass(slots=True)
 class BatchStepped:
-    """What a batch message (batch.py) gave: per row, in row order, its result."""
+    """What a batch message (batch.py) gave: per row, in row order, its result (built
+    from ``steady`` only when asked for)."""
 
     topic: str
-    results: list[Stepped | Rejection]
+    given_results: list[Stepped | Rejection] | None
+    steady: SteadyRows | None = None
+
+    @property
+    def results(self) -> list[Stepped | Rejection]:
+        if self.given_results is None:
+            assert self.steady is not None
+            self.given_results = self.steady.as_results(self.topic)
+        return self.given_results
 
 
 Result = Stepped | Rejection  # of one reading
@@ -187,9 +213,13 @@ class StreamStepper:
                    max_batch: int = 1 << 30) -> BatchStepped:
         """Step every row of a batch message as a single message with its values would
         be (distinct streams, so one backend call when the limits allow)."""
+        limit = min(max_batch, self.store.max_streams, self.max_batch)
+        if message.columns is not None and 1 < len(message.columns.streams) <= limit:
+            steady = self._step_steady(message.columns, now_ns)
+            if steady is not None:
+                return BatchStepped(message.topic, None, steady)
         results: list[Result] = []
         batch = _Batch(self, lambda result, t: results.append(result))  # type: ignore[arg-type]
-        limit = min(max_batch, self.store.max_streams, self.max_batch)
         for row in message.rows:
             if type(row) is SensorMessage:
                 self._add(batch, row, now_ns, limit)
@@ -197,6 +227,30 @@ class StreamStepper:
                 batch.hold(row, now_ns)  # type: ignore[arg-type]
         batch.flush()
         return BatchStepped(message.topic, results)
+
+    def _step_steady(self, columns: BatchColumns, now_ns: int) -> SteadyRows | None:
+        """Every row in one backend call with no per-row objects, when each stream steps
+        from its own state (StateStore.admit_steady); what the row-by-row path gives,
+        bit for bit. None, with nothing changed, sends the message row by row: a row to
+        admit otherwise, a backend failure, a row with NaN or Inf in its outputs."""
+        if self.shard is not None:
+            return None
+        store = self.store
+        admitted = store.admit_steady(columns.streams, columns.seqs, now_ns)
+        if admitted is None:
+            return None
+        streams, gaps = admitted
+        slots = [stream.slot for stream in streams]
+        self.calls += 1
+        try:
+            y, new_states = self.backend.step(columns.x, store.gather_slots(slots))
+        except Exception:  # the row-by-row path steps them one by one
+            return None
+        if not self._finite(y, new_states):
+            return None
+        steps = store.commit_steady(streams, slots, columns.seqs, columns.stamps, new_states,
+                                    now_ns)
+        return SteadyRows(columns, y, steps, gaps)
 
     def _add(self, batch: _Batch, msg: SensorMessage, now_ns: int, limit: int) -> None:
         """Admit ``msg`` into ``batch`` (or hold its rejection), flushing as ordering needs."""
