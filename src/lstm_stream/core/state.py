@@ -187,14 +187,15 @@ class StateStore:
         get, limit, max_gap = self._streams.get, now_ns - self.idle_timeout_ns, self.max_gap
         streams = list(map(get, names))
         gaps = []
+        append = gaps.append
         for stream, seq in zip(streams, seqs, strict=True):
             if stream is None or stream.pending_reset is not None or (
-                    stream.last_seen_ns < limit) or seq <= stream.last_seq:
+                    stream.last_seen_ns < limit):
                 return None
             gap = seq - stream.last_seq - 1
-            if max_gap and gap > max_gap:
+            if gap < 0 or (max_gap and gap > max_gap):  # stale, or past max_gap
                 return None
-            gaps.append(gap)
+            append(gap)
         return streams, gaps  # type: ignore[return-value]  # no None: checked above
 
     def commit_steady(self, streams: list[Stream], slots: list[int], seqs: list[int],
@@ -203,11 +204,15 @@ class StateStore:
         """:meth:`commit_many` for :meth:`admit_steady`'s streams; returns their steps."""
         move = self._streams.move_to_end
         steps = []
+        append = steps.append
         for stream, seq, stamp in zip(streams, seqs, stamps, strict=True):
             move(stream.name)
-            stream.last_seq, stream.last_stamp_ns, stream.last_seen_ns = seq, stamp, now_ns
-            stream.step += 1
-            steps.append(stream.step)
+            stream.last_seq = seq
+            stream.last_stamp_ns = stamp
+            stream.last_seen_ns = now_ns
+            step = stream.step + 1
+            stream.step = step
+            append(step)
         for pool, new in zip(self._pools, new_states, strict=True):
             pool[slots] = new.transpose(1, 0, 2)
         return steps
