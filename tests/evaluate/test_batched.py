@@ -69,10 +69,21 @@ def test_eval_of_batch_messages_equals_the_same_readings_one_by_one(tmp_path: Pa
             for i, name in enumerate(names):
                 solo.write("sensors", encode_sensor(tick, x[i], stream=name, stamp_ns=t,
                                                     reset=resets[i]), t)
-    report = evaluate([batch_log, single_log], EvalOptions(model=MODEL))
+            for log in (farm, solo):  # a target for every reading, by (stream, seq)
+                for i, name in enumerate(names):
+                    log.write("controls", msgpack.packb({"stream": name, "seq": tick,
+                                                         "y": x[i, :2].tolist()}), t + 1)
+    report = evaluate([batch_log, single_log], EvalOptions(model=MODEL,
+                                                           target_topic="controls"))
     farm_result, solo_result = report.logs
     assert farm_result.stepped == solo_result.stepped == 20 * 50 - 1
     assert farm_result.rejected == solo_result.rejected == {"non_finite": 1}
+    # the scores and each stream's counts too, whichever path a tick took
+    assert farm_result.targets == solo_result.targets == 1000
+    assert farm_result.histogram == solo_result.histogram
+    assert farm_result.errors().metrics() == solo_result.errors().metrics()
+    assert [(s.stream, s.stepped, s.resets, s.rejected, s.errors) for s in farm_result.streams] == [
+        (s.stream, s.stepped, s.resets, s.rejected, s.errors) for s in solo_result.streams]
     singles = {(o["stream"], o["seq"]): o for o in map(
         msgpack.unpackb, (m.data for m in LogReader(tmp_path / "solo.policy.mcap").messages()))
         if "y" in o}

@@ -186,7 +186,7 @@ class StateStore:
         :meth:`admit`. Changes nothing."""
         get, limit, max_gap = self._streams.get, now_ns - self.idle_timeout_ns, self.max_gap
         streams = list(map(get, names))
-        gaps = []
+        gaps: list[int] = []
         append = gaps.append
         for stream, seq in zip(streams, seqs, strict=True):
             if stream is None or stream.pending_reset is not None or (
@@ -203,7 +203,7 @@ class StateStore:
                       now_ns: int) -> list[int]:
         """:meth:`commit_many` for :meth:`admit_steady`'s streams; returns their steps."""
         move = self._streams.move_to_end
-        steps = []
+        steps: list[int] = []
         append = steps.append
         for stream, seq, stamp in zip(streams, seqs, stamps, strict=True):
             move(stream.name)

@@ -30,7 +30,7 @@ from lstm_stream.core.errors import ConfigError, LstmStreamError
 from lstm_stream.core.progress import NullProgress, Progress
 from lstm_stream.core.protocol import Rejection
 from lstm_stream.core.sources import Held, SourceStepper, StalePolicy, resolve_sources
-from lstm_stream.core.stepper import BatchStepped, Outcome, Stepped, StreamStepper
+from lstm_stream.core.stepper import BatchStepped, Outcome, SteadyRows, Stepped, StreamStepper
 from lstm_stream.evaluate import split
 from lstm_stream.evaluate.json_output import output_labels, rewrite_as_json
 from lstm_stream.evaluate.options import EvalOptions
@@ -223,6 +223,9 @@ class _LogEvaluation:
         elif type(out) is BatchStepped:  # one output message, as serve answers it
             assert isinstance(out, BatchStepped)
             emitter.output_batch(out, 0, t)
+            if out.steady is not None:  # every row stepped, none reset: from the columns
+                self._stepped_columns(out.steady, t)
+                return
             for row in out.results:
                 if isinstance(row, Stepped):
                     self._stepped(row, t)
@@ -250,6 +253,15 @@ class _LogEvaluation:
         stamp = out.msg.stamp_ns
         self.scorer.output(out.msg.stream, out.msg.seq, t, t if stamp is None else stamp,
                            out.y[0, :self._outputs].astype(np.float64))
+
+    def _stepped_columns(self, steady: SteadyRows, t: int) -> None:
+        """:meth:`_stepped` for every row of a steady batch message."""
+        cols, output = steady.columns, self.scorer.output
+        ys = steady.y[:, :self._outputs].astype(np.float64)
+        for i, (name, seq, stamp) in enumerate(zip(cols.streams, cols.seqs, cols.stamps,
+                                                   strict=True)):
+            self._stream(name).stepped += 1
+            output(name, seq, t, t if stamp is None else stamp, ys[i])
 
     def _housekeeping(self, emitter: Emitter, now: int) -> None:
         expired = emitter.expire(self.stepper.store, now)
