@@ -20,8 +20,9 @@ def test_bench_eval_quick_writes_every_row_with_its_ratio(tmp_path: Path) -> Non
     report = json.loads(out.read_text())
     assert report["suite"] == "eval" and report["messages"] == 20 * 200
     names = [r["name"] for r in report["rows"]]
-    assert names[0] == "floor: read + decode" and len(names) == 4
+    assert names[0] == "floor: read + decode" and len(names) == 5
     assert "one message per call" in names[1] and "batched" in names[2]
+    assert "batch messages" in names[4]  # the same readings, one message per tick
     floor = report["rows"][0]["steps_per_s"]
     for row in report["rows"]:
         assert row["messages"] == 4000  # every message read, every message stepped

@@ -25,6 +25,7 @@ import numpy as np
 from lstm_stream.bench.platform import platform_record
 from lstm_stream.bench.results import EvalBenchReport, model_record
 from lstm_stream.core.backends import BackendName, create_backend
+from lstm_stream.core.batch import encode_sensor_batch
 from lstm_stream.core.contract import load_contract
 from lstm_stream.core.emit import Emitter
 from lstm_stream.core.progress import NullProgress, Progress
@@ -50,6 +51,23 @@ def write_bench_log(path: Path, n_features: int, *, streams: int, steps: int,
                 t = T0 + k * PERIOD_NS + s * 1000
                 log.write("sensors", encode_sensor(k, xs[(k + s) % 64], stream=f"car{s}",
                                                    stamp_ns=t), t)
+    return path
+
+
+def write_farm_log(path: Path, n_features: int, *, streams: int, steps: int,
+                   seed: int = 0) -> Path:
+    """The readings of :func:`write_bench_log` as a simulation farm records them: one
+    batch message per tick with every stream's reading (protocol v1.1)."""
+    rng = np.random.default_rng(seed)
+    xs = rng.normal(size=(64, n_features)).astype(np.float32)
+    names = [f"car{s}" for s in range(streams)]
+    rows = np.arange(streams)
+    with LogWriter(path) as log:
+        for k in range(steps):
+            t = T0 + k * PERIOD_NS
+            log.write("sensors", encode_sensor_batch(
+                names, [k] * streams, xs[(k + rows) % 64],
+                stamps=[t + s * 1000 for s in range(streams)]), t)
     return path
 
 
@@ -127,6 +145,7 @@ def eval_suite(model: str, log: Path | None = None, *, streams: int = 100, steps
     source = str(log) if log is not None else f"generated: {streams} streams x {steps} steps"
     with tempfile.TemporaryDirectory(prefix="lstm-stream-evalbench-") as tmp:
         work = Path(tmp)
+        generated = log is None
         if log is None:
             log = write_bench_log(work / "bench.mcap", contract.n_features, streams=streams,
                                   steps=steps)
@@ -146,6 +165,12 @@ def eval_suite(model: str, log: Path | None = None, *, streams: int = 100, steps
         rows.append({"name": "eval, batched, --workers 2 (the log's streams split in two)",
                      "messages": stepped, "seconds": seconds, "workers": 2})
         progress.advance(1, status="2 workers")
+        if generated:  # the same readings as a farm records them: one message per tick
+            farm = write_farm_log(work / "farm.mcap", contract.n_features, streams=streams,
+                                  steps=steps)
+            stepped, seconds = _timed([farm], replace(base, batch=batch), 1)
+            rows.append({"name": "eval, the same readings as batch messages (one per tick)",
+                         "messages": stepped, "seconds": seconds, "log": "batch messages"})
         parts = where_the_time_goes(log, model, batch, work)
         progress.advance(1, status="parts")
     progress.close()

@@ -343,6 +343,10 @@ def render_eval(report: EvalBenchReport) -> str:
         "floor: the project's MCAP reader and msgpack decoding of every sensor message, "
         "nothing else; eval rows include loading the model and writing the output file.",
     ]
+    if any(r.get("log") == "batch messages" for r in report.rows):
+        lines.append("batch messages: the generated log's readings written as one batch "
+                     "message per tick (a farm's recording); steps/s in rows, against the "
+                     "floor above (one message per reading).")
     return "\n".join(lines)
 
 
