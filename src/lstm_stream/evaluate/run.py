@@ -78,6 +78,7 @@ class _LogEvaluation:
         self.scorer = Scorer(str(path), options.target_topic, options.target_key,
                              self.contract.n_outputs)
         self._outputs = self.contract.n_outputs
+        self._scoring = options.target_topic is not None  # outputs kept only to be scored
         # One shard of a log split over workers: only its streams are stepped, and every
         # message written gets the key that puts it back in place (evaluate/split.py).
         self._shard = tuple(options.shard) if options.shard else None
@@ -250,18 +251,21 @@ class _LogEvaluation:
         s.stepped += 1
         if out.reset is not None:
             s.resets[out.reset] = s.resets.get(out.reset, 0) + 1
-        stamp = out.msg.stamp_ns
-        self.scorer.output(out.msg.stream, out.msg.seq, t, t if stamp is None else stamp,
-                           out.y[0, :self._outputs].astype(np.float64))
+        if self._scoring:
+            stamp = out.msg.stamp_ns
+            self.scorer.output(out.msg.stream, out.msg.seq, t, t if stamp is None else stamp,
+                               out.y[0, :self._outputs].astype(np.float64))
 
     def _stepped_columns(self, steady: SteadyRows, t: int) -> None:
         """:meth:`_stepped` for every row of a steady batch message."""
         cols, output = steady.columns, self.scorer.output
-        ys = steady.y[:, :self._outputs].astype(np.float64)
-        for i, (name, seq, stamp) in enumerate(zip(cols.streams, cols.seqs, cols.stamps,
-                                                   strict=True)):
+        for name in cols.streams:
             self._stream(name).stepped += 1
-            output(name, seq, t, t if stamp is None else stamp, ys[i])
+        if self._scoring:
+            ys = steady.y[:, :self._outputs].astype(np.float64)
+            for i, (name, seq, stamp) in enumerate(zip(cols.streams, cols.seqs, cols.stamps,
+                                                       strict=True)):
+                output(name, seq, t, t if stamp is None else stamp, ys[i])
 
     def _housekeeping(self, emitter: Emitter, now: int) -> None:
         expired = emitter.expire(self.stepper.store, now)
