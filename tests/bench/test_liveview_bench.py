@@ -49,6 +49,7 @@ def test_bench_liveview_measures_plain_and_live_runs_with_a_viewer_receiving(
     (("--rounds", "0"), "--rounds >= 1"),
     (("--throughput",), "--throughput do not apply with --liveview"),
     (("--plot", "x.png"), "--plot do not apply with --liveview"),
+    (("--pin", "1", "--transport", "ipc"), "--pin, --transport do not apply with --liveview"),
 ])
 def test_bench_liveview_refuses_what_it_cannot_measure(args: tuple[str, ...],
                                                         wanted: str) -> None:

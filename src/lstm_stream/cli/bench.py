@@ -239,11 +239,19 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _liveview(args: argparse.Namespace) -> int:
-    given = [name for name, value in (("--throughput", args.throughput or None),
-                                      ("--streams", args.streams), ("--raw", args.raw),
-                                      ("--plot", args.plot)) if value is not None]
+    given = [name for name, value in (
+        ("--throughput", args.throughput or None), ("--streams", args.streams),
+        ("--raw", args.raw), ("--plot", args.plot), ("--servers", args.servers),
+        ("--pin", args.pin), ("--pin-load", args.pin_load),
+        ("--rt-priority", args.rt_priority), ("--busy-poll", args.busy_poll or None),
+        ("--threads", None if args.threads == 1 else args.threads),
+        ("--transport", None if args.transport == "tcp" else args.transport),
+        ("--window", args.window), ("--max-batch", args.max_batch),
+        ("--max-wait", args.max_wait)) if value is not None]
     if given:
-        return _error(f"{', '.join(given)} do not apply with --liveview")
+        return _error(f"{', '.join(given)} do not apply with --liveview (it runs one "
+                      "stream over tcp; its options: --model, --rate, --duration, --rounds, "
+                      "--quick, --json)")
     rates = args.rate or [1000.0]
     duration = (1.0 if args.quick else 5.0) if args.duration is None else args.duration
     rounds = 1 if args.quick else args.rounds
