@@ -96,34 +96,6 @@ def test_the_decoder_reads_arrays_of_numbers_too(contract: ModelContract) -> Non
     assert [(r.stream, r.seq, r.stamp_ns) for r in rows] == [("a", 3, 10), ("b", 4, None)]  # type: ignore[union-attr]
 
 
-def test_batch_outputs_decode_to_the_rows(contract: ModelContract) -> None:
-    class Keep:
-        def __init__(self) -> None:
-            self.payloads: list[bytes] = []
-
-        def output(self, payload: bytes, t_ns: int, stamp_ns: int | None) -> None:
-            self.payloads.append(payload)
-
-        def diagnostic(self, payload: bytes, t_ns: int) -> None:
-            self.payloads.append(payload)
-
-        def message(self, topic: str, payload: bytes, t_ns: int) -> None:
-            pass
-
-    s, sink = stepper(contract), Keep()
-    x = np.random.default_rng(1).normal(size=(3, 16)).astype(np.float32)
-    x[1, 0] = np.inf
-    got = s.step([b"sensors", encode_sensor_batch(["a", "b", "c"], [0, 0, 0], x)], 0)
-    assert isinstance(got, BatchStepped)
-    assert Emitter(s, sink).output_batch(got, 7, 0) == 2
-    out, rejected = (msgpack.unpackb(p) for p in sink.payloads)
-    assert out["streams"] == ["a", "c"] and out["step"] == [1, 1] and out["latency_ns"] == 7
-    y = decode_batch_output(out, contract.n_outputs)
-    rows = [r for r in got.results if isinstance(r, Stepped)]
-    assert np.array_equal(y, np.concatenate([r.y[:, :contract.n_outputs] for r in rows]))
-    assert rejected["reason"] == "non_finite" and rejected["stream"] == "b"
-
-
 class Payloads:
     """A sink that keeps the encoded outputs."""
 
@@ -138,6 +110,21 @@ class Payloads:
 
     def message(self, topic: str, payload: bytes, t_ns: int) -> None:
         pass
+
+
+def test_batch_outputs_decode_to_the_rows(contract: ModelContract) -> None:
+    s, sink = stepper(contract), Payloads()
+    x = np.random.default_rng(1).normal(size=(3, 16)).astype(np.float32)
+    x[1, 0] = np.inf
+    got = s.step([b"sensors", encode_sensor_batch(["a", "b", "c"], [0, 0, 0], x)], 0)
+    assert isinstance(got, BatchStepped)
+    assert Emitter(s, sink).output_batch(got, 7, 0) == 2
+    out, rejected = (msgpack.unpackb(p) for p in sink.outputs)
+    assert out["streams"] == ["a", "c"] and out["step"] == [1, 1] and out["latency_ns"] == 7
+    y = decode_batch_output(out, contract.n_outputs)
+    rows = [r for r in got.results if isinstance(r, Stepped)]
+    assert np.array_equal(y, np.concatenate([r.y[:, :contract.n_outputs] for r in rows]))
+    assert rejected["reason"] == "non_finite" and rejected["stream"] == "b"
 
 
 def row_by_row(message: BatchMessage) -> BatchMessage:
