@@ -17,7 +17,7 @@ import json
 import foxglove
 from websockets.sync.client import connect
 
-from lstm_stream.bench.liveview import free_port
+from lstm_stream.procs import free_port
 
 NAMES = ("foxglove.websocket.v1", "foxglove.sdk.v1")
 

@@ -21,11 +21,16 @@ from pathlib import Path
 from lstm_stream.serve.client import ControlError, control_request
 
 
-def free_endpoint() -> str:
-    """A tcp endpoint on loopback with a port that is free right now."""
+def free_port() -> int:
+    """A TCP port on loopback that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+        return int(s.getsockname()[1])
+
+
+def free_endpoint() -> str:
+    """A tcp endpoint on loopback with a port that is free right now."""
+    return f"tcp://127.0.0.1:{free_port()}"
 
 
 @dataclass

@@ -10,7 +10,6 @@ the older name with HTTP 400."""
 from __future__ import annotations
 
 import json
-import socket
 import struct
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 import zmq
 
 from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.procs import free_port
 from lstm_stream.serve.client import control_request
 
 from helpers.support import REPO, VehicleStack, serve_process
@@ -31,12 +31,6 @@ from websockets.sync.client import connect  # noqa: E402
 
 MODEL = REPO / "models" / "random_lstm.onnx"
 WANTED = {"sensors", "policy", "diagnostics", "health"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

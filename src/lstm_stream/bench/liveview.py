@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from lstm_stream.bench.results import LiveViewReport, model_record
 from lstm_stream.core.contract import load_contract
 from lstm_stream.core.errors import LstmStreamError
 from lstm_stream.core.progress import NullProgress, Progress
+from lstm_stream.procs import free_port
 from lstm_stream.serve.client import control_request
 
 SUBPROTOCOLS = ("foxglove.sdk.v1", "foxglove.websocket.v1")  # what the viewer offers
@@ -50,13 +50,6 @@ class LiveViewSettings:
     rate_hz: float = 1000.0
     duration_s: float = 5.0
     warmup: int = 200  # closed-loop messages before each measurement (the viewer subscribes)
-
-
-def free_port() -> int:
-    """A TCP port on loopback that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_liveview(settings: LiveViewSettings, progress: Progress | None = None

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 WARMUP_CALLS = 20  # batch-1 steps before the first message: caches, allocator, IOBinding
 WARMUP_ALL_BATCHES = 64  # every batch size up to this is warmed; powers of two above it
 
+
 @dataclass(slots=True)
 class SteadyRows:
     """A batch message whose every row was stepped from its stream's own state, with no
