@@ -101,7 +101,7 @@ class _Payloads:
 def where_the_time_goes(log: Path, model: str, batch: int, work: Path) -> dict[str, float]:
     """Batched eval's work in parts, each timed alone over the whole log (us per message):
     reading the log, decode + admit + step + commit (StreamStepper.step_many), encoding
-    the outputs (Emitter) and writing them (LogWriter, the official mcap writer)."""
+    the outputs (Emitter) and writing them (LogWriter)."""
     contract = load_contract(model)
     started = time.perf_counter()
     items = [([msg.topic.encode(), msg.data], msg.log_time_ns)
@@ -125,7 +125,7 @@ def where_the_time_goes(log: Path, model: str, batch: int, work: Path) -> dict[s
     write_s = time.perf_counter() - started
     n = max(1, len(items))
     parts = {"read the log": read_s, "decode + admit + step + commit": step_s,
-             "encode outputs": encode_s, "write outputs (mcap writer)": write_s}
+             "encode outputs": encode_s, "write outputs (LogWriter)": write_s}
     return {name: round(seconds * 1e6 / n, 2) for name, seconds in parts.items()}
 
 
