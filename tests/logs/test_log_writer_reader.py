@@ -7,6 +7,8 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mcap.reader import make_reader
 
 from lstm_stream.core.errors import LogError
@@ -72,6 +74,35 @@ def test_messages_written_out_of_time_order_come_back_sorted_and_stable(tmp_path
             w.write("a", msgpack.packb({"i": i}), T0 + t)
     got = [(m.log_time_ns - T0, msgpack.unpackb(m.data)["i"]) for m in LogReader(path).messages()]
     assert got == sorted(((t, i) for i, t in enumerate(times)))
+
+
+def test_a_later_chunk_that_starts_where_an_earlier_one_ends_is_merged(tmp_path: Path) -> None:
+    # The second chunk (in the file) holds times 0..10, the first 10..20: both have a
+    # message at 10, and the first chunk's comes first (file order breaks ties).
+    path = tmp_path / "touching.mcap"
+    times = [10, 15, 20, 0, 5, 10]
+    with LogWriter(path) as w:
+        for i, t in enumerate(times):
+            w.write("a", msgpack.packb({"i": i}), T0 + t)
+            if i == 2:
+                w.flush()
+    got = [msgpack.unpackb(m.data)["i"] for m in LogReader(path).messages()]
+    assert got == [3, 4, 0, 5, 1, 2]
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(times=st.lists(st.integers(0, 30), max_size=60), chunk_bytes=st.sampled_from([1, 60, 400]),
+       ordered=st.booleans())
+def test_messages_come_in_log_time_order_then_file_order(
+        tmp_path: Path, times: list[int], chunk_bytes: int, ordered: bool) -> None:
+    times = sorted(times) if ordered else times  # ordered: chunks read one after another
+    path = tmp_path / "any.mcap"
+    with LogWriter(path, chunk_bytes=chunk_bytes) as w:
+        for i, t in enumerate(times):
+            w.write("a", msgpack.packb(i), T0 + t)
+    got = [(m.log_time_ns - T0, msgpack.unpackb(m.data)) for m in LogReader(path).messages()]
+    assert got == sorted((t, i) for i, t in enumerate(times))
 
 
 def test_truncated_file_reads_every_complete_chunk_and_names_the_offset(tmp_path: Path) -> None:
