@@ -82,7 +82,7 @@ class _LogEvaluation:
         # One shard of a log split over workers: only its streams are stepped, and every
         # message written gets the key that puts it back in place (evaluate/split.py).
         self._shard = tuple(options.shard) if options.shard else None
-        self._keys: list[list[int]] | None = [] if self._shard else None
+        self._keys: list[int] | None = [] if self._shard else None  # 3 per message
         self._seqs: deque[int] = deque()  # log positions of the messages being stepped
         self._last_commit: dict[str, int] = {}  # stream -> log position of its last step
         self._default_stream = options.sources[0]["topic"] if options.sources else None
@@ -212,14 +212,14 @@ class _LogEvaluation:
             emitter.output(out, 0, t)
             self._stepped(out, t)
             if keys is not None:
-                keys.append([at, 1, 0])
+                keys += (at, 1, 0)
                 self._last_commit[out.msg.stream] = at
         elif type(out) is Rejection:
             assert isinstance(out, Rejection)
             emitter.rejection(out, t)
             self._rejected(out)
             if keys is not None:
-                keys.append([at, 1, 0])
+                keys += (at, 1, 0)
                 self.result.example_seq.setdefault(out.reason, at)
         elif type(out) is BatchStepped:  # one output message, as serve answers it
             assert isinstance(out, BatchStepped)
@@ -237,7 +237,7 @@ class _LogEvaluation:
             if out.event is not None:
                 emitter.event(out.event, t)
                 if keys is not None:
-                    keys.append([at, 1, 0])
+                    keys += (at, 1, 0)
 
     def _rejected(self, out: Rejection) -> None:
         self.result.rejection_examples.setdefault(out.reason, out.detail)
@@ -270,8 +270,8 @@ class _LogEvaluation:
     def _housekeeping(self, emitter: Emitter, now: int) -> None:
         expired = emitter.expire(self.stepper.store, now)
         if self._keys is not None:  # in the store's order: least recently stepped first
-            self._keys.extend([self._housekeeping_at, 0, self._last_commit.get(s.name, -1)]
-                              for s in expired)
+            for s in expired:
+                self._keys += (self._housekeeping_at, 0, self._last_commit.get(s.name, -1))
         if self.sources is not None:
             self.sources.forget_idle(now, self.stepper.store.idle_timeout_ns)
 

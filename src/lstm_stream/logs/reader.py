@@ -37,9 +37,9 @@ from lstm_stream.logs.records import MAGIC
 from lstm_stream.logs.records import MESSAGE as _MESSAGE
 from lstm_stream.logs.records import RECORD as _RECORD
 from lstm_stream.logs.records import chunk_records as _chunk_records
+from lstm_stream.logs.records import message_times as _message_times
 from lstm_stream.logs.records import messages_in as _messages_in
 from lstm_stream.logs.records import opname as _opname
-from lstm_stream.logs.records import records_in as _records_in
 
 log = logging.getLogger(__name__)
 
@@ -377,19 +377,15 @@ class _Scanner:
                                              "rest of the log is read"))
                 return
             # Times from the messages themselves, not the chunk header: they decide order.
-            seg = _Segment(pos, pos + _RECORD.size + length, 1 << 64, 0, chunked=True)
-            for opcode_in, rec in _records_in(records):
-                if opcode_in == Opcode.MESSAGE and len(rec) >= _MESSAGE.size:
-                    cid, _, log_time, _ = _MESSAGE.unpack_from(rec)
-                    seg.counts[cid] += 1
-                    seg.start_ns = min(seg.start_ns, log_time)
-                    seg.end_ns = max(seg.end_ns, log_time)
-                elif opcode_in == Opcode.CHANNEL:
+            counts, lo, hi, others = _message_times(records)
+            for opcode_in, rec in others:
+                if opcode_in == Opcode.CHANNEL:
                     self._channel(pos, bytes(rec))
                 elif opcode_in == Opcode.SCHEMA:
                     self._schema(pos, bytes(rec))
-            if seg.counts:
-                r._segments.append(seg)
+            if counts:
+                r._segments.append(_Segment(pos, pos + _RECORD.size + length, lo, hi,
+                                            chunked=True, counts=Counter(counts)))
         elif opcode in (Opcode.CHANNEL, Opcode.SCHEMA, Opcode.METADATA, Opcode.HEADER):
             body = self.f.read(length)
             if opcode == Opcode.CHANNEL:

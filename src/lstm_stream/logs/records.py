@@ -24,6 +24,7 @@ from lstm_stream.core.errors import LogError
 MAGIC = b"\x89MCAP0\r\n"
 RECORD = struct.Struct("<BQ")  # opcode, length
 MESSAGE = struct.Struct("<HIQQ")  # channel_id, sequence, log_time, publish_time
+MESSAGE_RECORD = struct.Struct("<BQHIQQ")  # a message record's frame and header at once
 
 
 def chunk_records(body: bytes) -> bytes:
@@ -54,26 +55,57 @@ def chunk_records(body: bytes) -> bytes:
     return bytes(data)
 
 
-def records_in(buf: bytes) -> Iterator[tuple[int, memoryview]]:
-    """(opcode, body) of the records in ``buf``; stops at a record that overruns it."""
-    view = memoryview(buf)
+def messages_in(buf: bytes) -> Iterator[tuple[int, int, int, bytes]]:
+    """(channel id, log time, publish time, data) of the message records in ``buf``;
+    stops at a record that overruns it."""
+    frame, head, size = RECORD.unpack_from, MESSAGE_RECORD.unpack_from, MESSAGE_RECORD.size
     pos, n = 0, len(buf)
     while pos + RECORD.size <= n:
-        opcode, length = RECORD.unpack_from(buf, pos)
-        start = pos + RECORD.size
-        if start + length > n:
-            return
-        yield opcode, view[start:start + length]
-        pos = start + length
+        if buf[pos] == Opcode.MESSAGE and pos + size <= n:  # frame and header in one unpack
+            _, length, cid, _, log_time, pub = head(buf, pos)
+            end = pos + RECORD.size + length
+            if end > n:
+                return
+            if end >= pos + size:
+                yield cid, log_time, pub, buf[pos + size:end]
+        else:
+            _, length = frame(buf, pos)
+            end = pos + RECORD.size + length
+            if end > n:
+                return
+        pos = end
 
 
-def messages_in(buf: bytes) -> Iterator[tuple[int, int, int, bytes]]:
-    """(channel id, log time, publish time, data) of the message records in ``buf``."""
-    unpack, size, msg_op = MESSAGE.unpack_from, MESSAGE.size, Opcode.MESSAGE
-    for opcode, rec in records_in(buf):
-        if opcode == msg_op and len(rec) >= size:
-            cid, _, log_time, pub = unpack(rec)
-            yield cid, log_time, pub, bytes(rec[size:])
+def message_times(buf: bytes) -> tuple[dict[int, int], int, int, list[tuple[int, memoryview]]]:
+    """What the scan of a chunk needs from its records: messages per channel id, the
+    first and last log time (``1 << 64`` and 0 without messages), and the other records
+    as (opcode, body) (channels and schemas a chunk may hold)."""
+    counts: dict[int, int] = {}
+    lo, hi = 1 << 64, 0
+    others: list[tuple[int, memoryview]] = []
+    frame, head, size = RECORD.unpack_from, MESSAGE_RECORD.unpack_from, MESSAGE_RECORD.size
+    pos, n = 0, len(buf)
+    while pos + RECORD.size <= n:
+        if buf[pos] == Opcode.MESSAGE and pos + size <= n:
+            _, length, cid, _, log_time, _ = head(buf, pos)
+            end = pos + RECORD.size + length
+            if end > n:
+                break
+            if end >= pos + size:
+                counts[cid] = counts.get(cid, 0) + 1
+                if log_time < lo:
+                    lo = log_time
+                if log_time > hi:
+                    hi = log_time
+        else:
+            opcode, length = frame(buf, pos)
+            end = pos + RECORD.size + length
+            if end > n:
+                break
+            if opcode != Opcode.MESSAGE:
+                others.append((opcode, memoryview(buf)[pos + RECORD.size:end]))
+        pos = end
+    return counts, lo, hi, others
 
 
 def opname(opcode: int) -> str:
