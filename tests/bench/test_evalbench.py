@@ -19,16 +19,24 @@ def test_bench_eval_quick_writes_every_row_with_its_ratio(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     assert report["suite"] == "eval" and report["messages"] == 20 * 200
-    names = [r["name"] for r in report["rows"]]
-    assert names[0] == "floor: read + decode" and len(names) == 5
-    assert "one message per call" in names[1] and "batched" in names[2]
-    assert "batch messages" in names[4]  # the same readings, one message per tick
+    rows = {r["name"]: r for r in report["rows"]}
+    names = list(rows)
+    assert names[0] == "floor: read + decode" and names[1].startswith("floor b: the model alone")
+    assert len(names) == 8
+    assert "one message per call" in names[2] and "batched" in names[3]
+    assert "batch messages" in names[7]  # the same readings, one message per tick
     floor = report["rows"][0]["steps_per_s"]
     for row in report["rows"]:
-        assert row["messages"] == 4000  # every message read, every message stepped
+        # every message read, every message stepped (each of two logs)
+        assert row["messages"] == 4000 * row.get("logs", 1)
         assert row["ratio_to_floor"] == pytest.approx(row["steps_per_s"] / floor, abs=2e-3)
     assert report["workers_2_over_1"] == pytest.approx(
-        report["rows"][3]["steps_per_s"] / report["rows"][2]["steps_per_s"], abs=2e-3)
+        report["rows"][4]["steps_per_s"] / report["rows"][3]["steps_per_s"], abs=2e-3)
+    two = [rows[f"eval, batched, two logs, --workers {n}"]["steps_per_s"] for n in (1, 2)]
+    assert report["logs_workers_2_over_1"] == pytest.approx(two[1] / two[0], abs=2e-3)
+    model = report["rows"][1]["steps_per_s"]
+    assert report["bound_steps_per_s"] == pytest.approx(1 / (1 / floor + 1 / model), rel=1e-3)
+    assert min(floor, model) / 2 <= report["bound_steps_per_s"] <= min(floor, model)
     assert "2 workers / 1 worker" in done.stdout
 
 

@@ -1,9 +1,11 @@
 """``lstm-stream bench --eval``: offline evaluation against the speed of reading the log.
 
 In one run, over the same log and model: the floor (read and msgpack-decode every
-sensor message with the project's own reader, nothing else), eval one message
-per backend call, batched eval, and batched eval with ``--workers 2``. Each is
-steps per second and its ratio to the floor.
+sensor message with the project's own reader, nothing else), floor b (the model
+alone on the log's readings, batched, nothing else), eval one message per
+backend call, batched eval, batched eval with ``--workers 2`` on the log and on
+two logs. Each is steps per second and its ratio to the floor. The bound is
+read + decode followed by the model: what eval would reach with no other work.
 
 Without a log, one is generated: ``streams`` x ``steps`` sensor messages of the
 model's features, round robin, 10 ms apart per stream (the layout of issue 16's
@@ -13,6 +15,7 @@ processes (evaluate/split.py), so its row is the same log and the same outputs.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -69,6 +72,23 @@ def write_farm_log(path: Path, n_features: int, *, streams: int, steps: int,
                 names, [k] * streams, xs[(k + rows) % 64],
                 stamps=[t + s * 1000 for s in range(streams)]), t)
     return path
+
+
+def model_floor(rows: int, model: str, batch: int) -> tuple[int, float]:
+    """The model alone on ``rows`` readings: random features through the backend,
+    ``batch`` rows a call with zero states, nothing decoded, no state kept (an LSTM's
+    cost does not depend on the values): (rows, seconds)."""
+    contract = load_contract(model)
+    backend = create_backend(BackendName.ONNXRUNTIME, contract)
+    x = np.random.default_rng(0).normal(size=(batch, contract.n_features)).astype(np.float32)
+    blocks = [x[:min(batch, rows - i)] for i in range(0, rows, batch)]
+    states = {len(b): [np.zeros((s.layers, len(b), s.hidden), np.float32)
+                       for s in contract.states] for b in blocks}
+    step = backend.step
+    started = time.perf_counter()
+    for block in blocks:
+        step(block, states[len(block)])
+    return rows, time.perf_counter() - started
 
 
 def read_floor(path: Path) -> tuple[int, float]:
@@ -140,7 +160,7 @@ def eval_suite(model: str, log: Path | None = None, *, streams: int = 100, steps
     """The floor, one per call, batched, and two workers against one; see the module doc."""
     progress = progress or NullProgress()
     contract = load_contract(model)
-    progress.start("bench --eval", total=6)
+    progress.start("bench --eval", total=7)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     source = str(log) if log is not None else f"generated: {streams} streams x {steps} steps"
     with tempfile.TemporaryDirectory(prefix="lstm-stream-evalbench-") as tmp:
@@ -165,12 +185,23 @@ def eval_suite(model: str, log: Path | None = None, *, streams: int = 100, steps
         rows.append({"name": "eval, batched, --workers 2 (the log's streams split in two)",
                      "messages": stepped, "seconds": seconds, "workers": 2})
         progress.advance(1, status="2 workers")
+        twin = work / f"twin-{log.name}"  # a second log, so that each worker has its own
+        shutil.copyfile(log, twin)
+        for workers in (1, 2):
+            stepped, seconds = _timed([log, twin], replace(base, batch=batch), workers)
+            rows.append({"name": f"eval, batched, two logs, --workers {workers}",
+                         "messages": stepped, "seconds": seconds, "workers": workers,
+                         "logs": 2})
+        progress.advance(1, status="two logs")
         if generated:  # the same readings as a farm records them: one message per tick
             farm = write_farm_log(work / "farm.mcap", contract.n_features, streams=streams,
                                   steps=steps)
             stepped, seconds = _timed([farm], replace(base, batch=batch), 1)
             rows.append({"name": "eval, the same readings as batch messages (one per tick)",
                          "messages": stepped, "seconds": seconds, "log": "batch messages"})
+        rows_done, model_s = model_floor(messages, model, batch)
+        rows.insert(1, {"name": f"floor b: the model alone ({batch} rows a call)",
+                        "messages": rows_done, "seconds": model_s})
         parts = where_the_time_goes(log, model, batch, work)
         progress.advance(1, status="parts")
     progress.close()
@@ -179,11 +210,17 @@ def eval_suite(model: str, log: Path | None = None, *, streams: int = 100, steps
         row["steps_per_s"] = round(row["messages"] / row["seconds"], 1)
         row["ratio_to_floor"] = round(row["steps_per_s"] / floor_rate, 3)
         row["seconds"] = round(row["seconds"], 3)
-    one_worker, two_workers = rows[2]["steps_per_s"], rows[3]["steps_per_s"]
+    rate = {row["name"]: row["steps_per_s"] for row in rows}
+    one_worker = rate[f"eval, batched (up to {batch} streams per call)"]
+    two_workers = rate["eval, batched, --workers 2 (the log's streams split in two)"]
+    # read + decode, then the model: what eval would do with no other work at all
+    bound = 1 / (1 / floor_rate + 1 / rate[f"floor b: the model alone ({batch} rows a call)"])
     return EvalBenchReport(
         platform=platform_record({"batch": batch, "log": source, "threads": 1,
                                   "pin_runner": None, "pin_load": None, "rt_priority": None,
                                   "busy_poll_us": 0}),
         model=model_record(model, contract), started=started, log=source,
         messages=messages, rows=rows, workers_2_over_1=round(two_workers / one_worker, 3),
-        parts_us=parts)
+        logs_workers_2_over_1=round(rate["eval, batched, two logs, --workers 2"]
+                                    / rate["eval, batched, two logs, --workers 1"], 3),
+        bound_steps_per_s=round(bound, 1), parts_us=parts)

@@ -334,7 +334,11 @@ def render_eval(report: EvalBenchReport) -> str:
                      [[r["name"], _rate(r["steps_per_s"]), r["seconds"],
                        f"{r['ratio_to_floor']:.2f}x"] for r in report.rows]),
         "",
-        f"2 workers / 1 worker, batched, the same log: {report.workers_2_over_1:.2f}x",
+        f"2 workers / 1 worker, batched, the same log: {report.workers_2_over_1:.2f}x; "
+        f"two logs: {report.logs_workers_2_over_1:.2f}x",
+        f"bound: read + decode, then the model, nothing else: "
+        f"{_rate(report.bound_steps_per_s)} steps/s "
+        f"({report.bound_steps_per_s / report.rows[0]['steps_per_s']:.2f}x of the floor)",
         "",
         "where batched eval's time goes (each part timed alone over the log, us per message)",
         render_table(["part", "us/message"],

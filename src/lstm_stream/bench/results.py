@@ -67,14 +67,17 @@ class EvalBenchReport(ReportHeader):
     log: str
     messages: int
     rows: list[dict[str, Any]]  # name, messages, seconds, steps_per_s, ratio_to_floor
-    workers_2_over_1: float
+    workers_2_over_1: float  # one log's streams split over two workers
+    logs_workers_2_over_1: float = 0.0  # two logs, one a worker
+    bound_steps_per_s: float = 0.0  # read + decode, then the model: nothing else
     parts_us: dict[str, float] = field(default_factory=dict)  # batched eval's work, per message
 
     def to_json(self) -> dict[str, Any]:
         return {"suite": "eval", "platform": self.platform, "model": self.model,
                 "started": self.started, "log": self.log, "messages": self.messages,
                 "rows": self.rows, "workers_2_over_1": self.workers_2_over_1,
-                "parts_us": self.parts_us}
+                "logs_workers_2_over_1": self.logs_workers_2_over_1,
+                "bound_steps_per_s": self.bound_steps_per_s, "parts_us": self.parts_us}
 
 
 @dataclass
