@@ -4,8 +4,11 @@ In one run, over the same log and model: the floor (read and msgpack-decode ever
 sensor message with the project's own reader, nothing else), floor b (the model
 alone on the log's readings, batched, nothing else), eval one message per
 backend call, batched eval, batched eval with ``--workers 2`` on the log and on
-two logs. Each is steps per second and its ratio to the floor. The bound is
+four logs. Each is steps per second and its ratio to the floor. The bound is
 read + decode followed by the model: what eval would reach with no other work.
+The parallel ceiling is what two processes get from the machine at all: the
+floor's work alone, then in two processes at once (two cores that share a
+physical core, or a quota, give much less than 2x).
 
 Without a log, one is generated: ``streams`` x ``steps`` sensor messages of the
 model's features, round robin, 10 ms apart per stream (the layout of issue 16's
@@ -15,7 +18,9 @@ processes (evaluate/split.py), so its row is the same log and the same outputs.
 
 from __future__ import annotations
 
+import math
 import shutil
+import statistics
 import tempfile
 import time
 from dataclasses import replace
@@ -31,9 +36,11 @@ from lstm_stream.core.backends import BackendName, create_backend
 from lstm_stream.core.batch import encode_sensor_batch
 from lstm_stream.core.contract import load_contract
 from lstm_stream.core.emit import Emitter
+from lstm_stream.core.errors import LstmStreamError
 from lstm_stream.core.progress import NullProgress, Progress
 from lstm_stream.core.protocol import encode_sensor
 from lstm_stream.core.stepper import StreamStepper
+from lstm_stream.evaluate import parallel
 from lstm_stream.evaluate.fleet import evaluate
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.logs.reader import LogReader
@@ -41,6 +48,7 @@ from lstm_stream.logs.writer import LogWriter
 
 T0 = 1_700_000_000_000_000_000
 PERIOD_NS = 10_000_000
+FLEET_LOGS = 4  # logs of the many-logs rows: each of two workers starts once, runs two
 
 
 def write_bench_log(path: Path, n_features: int, *, streams: int, steps: int,
@@ -102,6 +110,33 @@ def read_floor(path: Path) -> tuple[int, float]:
     return n, time.perf_counter() - started
 
 
+def floor_rate(path: str, start_at: float, repeats: int) -> float:
+    """Messages per second of :func:`read_floor` run ``repeats`` times from wall-clock
+    time ``start_at`` on: what :func:`parallel_ceiling` runs in each process."""
+    time.sleep(max(0.0, start_at - time.time()))
+    started = time.perf_counter()
+    total = sum(read_floor(Path(path))[0] for _ in range(repeats))
+    return total / (time.perf_counter() - started)
+
+
+def parallel_ceiling(log: Path, floor_s: float, rounds: int = 3) -> tuple[float, float]:
+    """What two processes get from this machine: the floor's work (Python and C, no
+    model) in one worker process, then in two that start it at the same moment, in
+    turns, ``rounds`` times. Returns the medians (messages/s of one, of two together)."""
+    repeats = max(1, math.ceil(1.0 / max(floor_s, 1e-3)))  # about a second of work each
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(rounds):
+        for processes in (1, 2):  # both in fresh worker processes, started alike
+            start_at = time.time() + 1.0  # the workers spawned and waiting by then
+            got = parallel.run(f"{__name__}:floor_rate",
+                               [(str(log), start_at, repeats)] * processes, processes)
+            if not all(isinstance(rate, float) for rate in got):
+                raise LstmStreamError(f"bench --eval: a worker of the parallel ceiling "
+                                      f"failed: {got}")
+            rates[processes].append(float(sum(got)))
+    return statistics.median(rates[1]), statistics.median(rates[2])
+
+
 class _Payloads:
     """A sink that keeps what it is given: the encoded outputs, for timing their writing."""
 
@@ -156,11 +191,12 @@ def _timed(paths: list[Path], options: EvalOptions, workers: int) -> tuple[int, 
 
 
 def eval_suite(model: str, log: Path | None = None, *, streams: int = 100, steps: int = 2000,
-               batch: int = 64, progress: Progress | None = None) -> EvalBenchReport:
+               batch: int = 64, ceiling_rounds: int = 3,
+               progress: Progress | None = None) -> EvalBenchReport:
     """The floor, one per call, batched, and two workers against one; see the module doc."""
     progress = progress or NullProgress()
     contract = load_contract(model)
-    progress.start("bench --eval", total=7)
+    progress.start("bench --eval", total=8)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     source = str(log) if log is not None else f"generated: {streams} streams x {steps} steps"
     with tempfile.TemporaryDirectory(prefix="lstm-stream-evalbench-") as tmp:
@@ -185,14 +221,16 @@ def eval_suite(model: str, log: Path | None = None, *, streams: int = 100, steps
         rows.append({"name": "eval, batched, --workers 2 (the log's streams split in two)",
                      "messages": stepped, "seconds": seconds, "workers": 2})
         progress.advance(1, status="2 workers")
-        twin = work / f"twin-{log.name}"  # a second log, so that each worker has its own
-        shutil.copyfile(log, twin)
+        # a fleet's case: several logs, a log a worker at a time (copies of the log)
+        fleet = [log] + [work / f"copy{i}-{log.name}" for i in range(1, FLEET_LOGS)]
+        for copy in fleet[1:]:
+            shutil.copyfile(log, copy)
         for workers in (1, 2):
-            stepped, seconds = _timed([log, twin], replace(base, batch=batch), workers)
-            rows.append({"name": f"eval, batched, two logs, --workers {workers}",
+            stepped, seconds = _timed(fleet, replace(base, batch=batch), workers)
+            rows.append({"name": f"eval, batched, {FLEET_LOGS} logs, --workers {workers}",
                          "messages": stepped, "seconds": seconds, "workers": workers,
-                         "logs": 2})
-        progress.advance(1, status="two logs")
+                         "logs": FLEET_LOGS})
+        progress.advance(1, status=f"{FLEET_LOGS} logs")
         if generated:  # the same readings as a farm records them: one message per tick
             farm = write_farm_log(work / "farm.mcap", contract.n_features, streams=streams,
                                   steps=steps)
@@ -204,6 +242,8 @@ def eval_suite(model: str, log: Path | None = None, *, streams: int = 100, steps
                         "messages": rows_done, "seconds": model_s})
         parts = where_the_time_goes(log, model, batch, work)
         progress.advance(1, status="parts")
+        alone, together = parallel_ceiling(log, floor_s, ceiling_rounds)
+        progress.advance(1, status="two processes")
     progress.close()
     floor_rate = messages / floor_s
     for row in rows:
@@ -221,6 +261,7 @@ def eval_suite(model: str, log: Path | None = None, *, streams: int = 100, steps
                                   "busy_poll_us": 0}),
         model=model_record(model, contract), started=started, log=source,
         messages=messages, rows=rows, workers_2_over_1=round(two_workers / one_worker, 3),
-        logs_workers_2_over_1=round(rate["eval, batched, two logs, --workers 2"]
-                                    / rate["eval, batched, two logs, --workers 1"], 3),
-        bound_steps_per_s=round(bound, 1), parts_us=parts)
+        logs_workers_2_over_1=round(rate[f"eval, batched, {FLEET_LOGS} logs, --workers 2"]
+                                    / rate[f"eval, batched, {FLEET_LOGS} logs, --workers 1"], 3),
+        bound_steps_per_s=round(bound, 1), parts_us=parts,
+        two_processes_over_one=round(together / alone, 3))

@@ -335,7 +335,9 @@ def render_eval(report: EvalBenchReport) -> str:
                        f"{r['ratio_to_floor']:.2f}x"] for r in report.rows]),
         "",
         f"2 workers / 1 worker, batched, the same log: {report.workers_2_over_1:.2f}x; "
-        f"two logs: {report.logs_workers_2_over_1:.2f}x",
+        f"several logs: {report.logs_workers_2_over_1:.2f}x",
+        f"parallel ceiling: the floor's work in two processes at once gives "
+        f"{report.two_processes_over_one:.2f}x of one process on this machine",
         f"bound: read + decode, then the model, nothing else: "
         f"{_rate(report.bound_steps_per_s)} steps/s "
         f"({report.bound_steps_per_s / report.rows[0]['steps_per_s']:.2f}x of the floor)",

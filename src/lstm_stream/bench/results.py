@@ -68,16 +68,18 @@ class EvalBenchReport(ReportHeader):
     messages: int
     rows: list[dict[str, Any]]  # name, messages, seconds, steps_per_s, ratio_to_floor
     workers_2_over_1: float  # one log's streams split over two workers
-    logs_workers_2_over_1: float = 0.0  # two logs, one a worker
+    logs_workers_2_over_1: float = 0.0  # several logs, a log a worker at a time
     bound_steps_per_s: float = 0.0  # read + decode, then the model: nothing else
     parts_us: dict[str, float] = field(default_factory=dict)  # batched eval's work, per message
+    two_processes_over_one: float = 0.0  # the floor's work in two processes at once / alone
 
     def to_json(self) -> dict[str, Any]:
         return {"suite": "eval", "platform": self.platform, "model": self.model,
                 "started": self.started, "log": self.log, "messages": self.messages,
                 "rows": self.rows, "workers_2_over_1": self.workers_2_over_1,
                 "logs_workers_2_over_1": self.logs_workers_2_over_1,
-                "bound_steps_per_s": self.bound_steps_per_s, "parts_us": self.parts_us}
+                "bound_steps_per_s": self.bound_steps_per_s, "parts_us": self.parts_us,
+                "two_processes_over_one": self.two_processes_over_one}
 
 
 @dataclass

@@ -230,6 +230,7 @@ def _eval(args: argparse.Namespace) -> int:
             raise
         return _error(f"--eval needs the {err.name!r} package: pip install 'lstm-stream[logs]'")
     report = evalbench.eval_suite(args.model, log, streams=streams, steps=steps,
+                                  ceiling_rounds=1 if args.quick else 3,
                                   progress=TerminalProgress())
     out = _text_stream(args)
     print(render_eval(report), file=out)
