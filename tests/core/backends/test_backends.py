@@ -84,6 +84,51 @@ def test_interpreters_match_onnxruntime_over_50_steps(
     assert np.ptp(np.stack([y for y, _ in want])) > 0.02  # outputs really vary
 
 
+def _weights_through_nodes(path: Path) -> int:
+    """Rewrite the model so that every LSTM's W and R come out of nodes, as the dynamo
+    exporter writes them: W as the Concat of its two halves (Slices along the gate
+    axis), R through a Transpose of a transposed copy. Returns the nodes added."""
+    model = onnx.load(path)
+    inits = {i.name: i for i in model.graph.initializer}
+    added = []
+    for node in [n for n in model.graph.node if n.op_type == "LSTM"]:
+        w, r = node.input[1], node.input[2]
+        rows = numpy_helper.to_array(inits[w]).shape[1]
+        inits[w].name, inits[r].name = f"{w}_raw", f"{r}_t"
+        inits[r].CopyFrom(numpy_helper.from_array(
+            numpy_helper.to_array(inits[r]).transpose(0, 2, 1).copy(), f"{r}_t"))
+        half = rows // 2
+        model.graph.initializer.extend([_const(f"{w}_a", [0]), _const(f"{w}_b", [half]),
+                                        _const(f"{w}_c", [rows]), _const(f"{w}_axis", [1])])
+        added += [
+            helper.make_node("Slice", [f"{w}_raw", f"{w}_a", f"{w}_b", f"{w}_axis"],
+                             [f"{w}_lo"], name=f"{w}_slice_lo"),
+            helper.make_node("Slice", [f"{w}_raw", f"{w}_b", f"{w}_c", f"{w}_axis"],
+                             [f"{w}_hi"], name=f"{w}_slice_hi"),
+            helper.make_node("Concat", [f"{w}_lo", f"{w}_hi"], [w], axis=1, name=f"{w}_cat"),
+            helper.make_node("Transpose", [f"{r}_t"], [r], perm=[0, 2, 1], name=f"{r}_tr"),
+        ]
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(added + nodes)
+    onnx.save(model, path)
+    return len(added)
+
+
+@pytest.mark.parametrize("backend", INTERPRETERS)
+def test_weights_computed_by_nodes_are_folded_at_load_time(
+        model_factory: Any, backend: str) -> None:
+    path = model_factory(cell="lstm", layers=2, hidden=24, features=6, outputs=2, seed=7)
+    before = len(onnx.load(path).graph.node)
+    assert _weights_through_nodes(path) == 8
+    contract = load_contract(path)
+    interpreter = create_backend(backend, contract)
+    assert len(interpreter.program.kernels) == before  # type: ignore[attr-defined]
+    xs = inputs(contract, 5)
+    assert_same_run(run_steps(interpreter, contract, xs),
+                    run_steps(create_backend("onnxruntime", contract), contract, xs))
+
+
 @pytest.mark.parametrize("backend", INTERPRETERS)
 def test_shipped_default_model(backend: str) -> None:
     contract = load_contract(REPO / "models/random_lstm.onnx")

@@ -52,10 +52,34 @@ class GraphProgram:
                 f"The {backend} backend does not implement the ONNX operator "
                 f"{', '.join(unsupported)}. Use the onnxruntime backend, which runs any model."
             )
-        # Values known before any step: initializers and the outputs of Constant nodes.
+        # Values known before any step: initializers, the outputs of Constant nodes, and
+        # those of nodes whose inputs are all known (folded: run once, here).
         self.consts: dict[str, np.ndarray] = dict(graph.initializers)
-        self.kernels = [(BUILDERS[n.op_type](n, self), n) for n in graph.nodes]
+        self.kernels: list[tuple[Kernel, Node]] = []
+        for node in graph.nodes:  # in topological order, as ONNX requires
+            kernel = BUILDERS[node.op_type](node, self)
+            if not self._fold(node, kernel):
+                self.kernels.append((kernel, node))
         self.env = {name: ops.from_numpy(a) for name, a in self.consts.items()}
+
+    def _fold(self, node: Node, kernel: Kernel) -> bool:
+        """Run ``node`` now when every input it has is known at load time; its outputs
+        become constants. The dynamo exporter, for one, slices and concatenates an LSTM's
+        weights into ONNX's gate order with such nodes, and the LSTM's builder needs
+        them as constants. Returns True when the node was folded."""
+        given = [name for name in node.inputs if name]
+        if not given or not all(name in self.consts for name in given):
+            return False
+        ins = [self.ops.from_numpy(self.consts[name]) if name else None for name in node.inputs]
+        try:
+            outs = kernel(ins)
+        except (ValueError, IndexError, TypeError, RuntimeError, KeyError) as err:
+            raise BackendError(f"The {self.backend} backend failed in {node.op_type} node "
+                               f"{node.name!r}, on its constant inputs: {err}") from err
+        for name, value in zip(node.outputs, outs, strict=False):
+            if name:
+                self.consts[name] = self.ops.host(value)
+        return True
 
     def fail(self, node: Node, attribute: str, why: str) -> UnsupportedOperatorError:
         return UnsupportedOperatorError(

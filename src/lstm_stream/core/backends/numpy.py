@@ -29,6 +29,9 @@ class NumpyOps(ArrayOps):
     def to_numpy(self, value: Any) -> np.ndarray:
         return np.asarray(value, dtype=np.float32)
 
+    def host(self, value: Any) -> np.ndarray:
+        return np.asarray(value)
+
     def ints(self, value: Any) -> list[int]:
         return [int(v) for v in np.asarray(value).reshape(-1)]
 

@@ -45,7 +45,8 @@ def _recurrent_attributes(node: Node, p: Program, activations: list[str]) -> Non
     for i, what in ((1, "W"), (2, "R"), (3, "B")):
         given = i < len(node.inputs) and bool(node.inputs[i])
         if (given or i < 3) and p.const(node, i) is None:
-            raise p.fail(node, f"input {what}", "must be a constant (an initializer)")
+            raise p.fail(node, f"input {what}", "must be known at load time (an initializer, "
+                         "or computed from initializers only)")
 
 
 def _check_hidden(node: Node, hidden: int) -> None:

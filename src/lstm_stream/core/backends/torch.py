@@ -48,6 +48,9 @@ class TorchOps(ArrayOps):
     def to_numpy(self, value: Any) -> np.ndarray:
         return np.asarray(value.numpy(), dtype=np.float32)
 
+    def host(self, value: Any) -> np.ndarray:
+        return np.asarray(value.numpy())
+
     def ints(self, value: Any) -> list[int]:
         return [int(v) for v in value.reshape(-1).tolist()]
 
