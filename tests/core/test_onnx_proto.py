@@ -250,7 +250,7 @@ def test_inconsistent_tensors_are_refused() -> None:
     with pytest.raises(ModelFormatError, match="'few' has 2 values, expected 3"):
         read_model(_model_with_initializer(few))
     bf16 = TensorProto(name="bf", data_type=TensorProto.BFLOAT16, dims=[1], raw_data=b"\0\0")
-    with pytest.raises(ModelFormatError, match="'bf' has unsupported data type 16"):
+    with pytest.raises(ModelFormatError, match=r"'bf' has unsupported data type 16 \(bfloat16\)"):
         read_model(_model_with_initializer(bf16))
 
 

@@ -292,6 +292,19 @@ def test_unknown_operator_is_refused_at_creation(tmp_path: Path, backend: str) -
 
 
 @pytest.mark.parametrize("backend", INTERPRETERS)
+def test_a_cast_to_an_unsupported_type_is_refused_by_its_name(tmp_path: Path,
+                                                              backend: str) -> None:
+    nodes = [helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.BFLOAT16, name="to_bf16"),
+             helper.make_node("Cast", ["x16"], ["y"], to=TensorProto.FLOAT, name="back"),
+             helper.make_node("Identity", ["h"], ["h_out"])]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", [_vi("x", ["batch", 3]), _vi("h", [1, "batch", 2])],
+                              [_vi("y", ["batch", 3]), _vi("h_out", [1, "batch", 2])])  # fmt: skip
+    with pytest.raises(UnsupportedOperatorError, match=r"Cast node 'to_bf16': attribute 'to' "
+                       r"is element type 16 \(bfloat16; only float and integer types\)"):
+        create_backend(backend, _write(tmp_path, helper.make_model(graph)))
+
+
+@pytest.mark.parametrize("backend", INTERPRETERS)
 @pytest.mark.parametrize(
     ("attribute", "value"),
     [("direction", "reverse"), ("clip", 3.0), ("activations", ["Sigmoid", "Relu", "Tanh"])],

@@ -27,7 +27,7 @@ from lstm_stream.core.backends.base import StepBackend
 from lstm_stream.core.backends.recurrent import gru_kernel, lstm_kernel
 from lstm_stream.core.contract import ModelContract
 from lstm_stream.core.errors import BackendError, UnsupportedOperatorError
-from lstm_stream.core.onnx_proto import DTYPES, Node, OnnxModel, read_model
+from lstm_stream.core.onnx_proto import DTYPES, Node, OnnxModel, read_model, type_name
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +326,8 @@ def _shape(node: Node, p: GraphProgram) -> Kernel:
 def _cast(node: Node, p: GraphProgram) -> Kernel:
     to = int(node.attributes.get("to", 0))
     if to not in _CAST_TYPES:
-        raise p.fail(node, "attribute 'to'", f"is element type {to} (only float and int types)")
+        raise p.fail(node, "attribute 'to'", f"is element type {to} ({type_name(to)}; only "
+                     "float and integer types)")
     dtype, cast = DTYPES[to], p.ops.cast
     return lambda ins: [cast(ins[0], dtype)]
 
