@@ -7,8 +7,10 @@ that everything before and after a bad chunk stays readable. It does not need
 the summary section, which a killed writer never wrote.
 
 :meth:`LogReader.messages` then yields messages in log-time order; messages with
-the same log time come in the order they were recorded (file order). Chunks are
-merged lazily, so a well-ordered file is read one chunk at a time.
+the same log time come in the order they were recorded (file order). A file whose
+chunks follow each other in time (what lstm-stream and most recorders write) is
+read chunk after chunk; otherwise chunks are merged lazily, so a well-ordered
+file is read one chunk at a time either way.
 
 Record framing and message records are parsed here with ``struct`` (the hot
 path of replay); every other record with the official ``mcap`` classes.
