@@ -6,6 +6,7 @@ Steps batch messages of ``--streams`` rows through ``StreamStepper`` (decode,
 then ``step_batch``: admission, one backend call, commit) and ``Emitter``
 (the output message), timing each part, then the backend call alone on the
 same batch: what is left between the two is per-row bookkeeping in Python.
+Then the parts of the steady path's step, each timed on its own.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def main() -> None:
         parts["decode"] += t1 - t0
         parts["step (admit, backend call, commit)"] += t2 - t1
         parts["encode output"] += t3 - t2
+    steady = steady_parts(stepper, frames[100:100 + args.messages], 100)
     states = [np.zeros((s.layers, args.streams, s.hidden), np.float32) for s in contract.states]
     xs = x.astype(np.float32)
     t0 = time.perf_counter_ns()
@@ -73,6 +75,40 @@ def main() -> None:
     for name, ns in parts.items():
         print(f"{name:38s} {ns / rows / 1e3:6.2f} us per row")
     print(f"{'backend.step alone, same batch':38s} {alone / rows / 1e3:6.2f} us per row")
+    print("the step's parts on the steady path (StreamStepper._step_steady), timed alone:")
+    for name, ns in steady.items():
+        print(f"  {name:36s} {ns / rows / 1e3:6.2f} us per row")
+
+
+def steady_parts(stepper: StreamStepper, frames: list[list[bytes]], t0: int) -> dict[str, int]:
+    """_step_steady's parts over ``frames``, each timed (ns in all): admission
+    (StateStore.admit_steady), gathering the states, the backend call, the finite
+    check, the commit (StateStore.commit_steady)."""
+    store, parts = stepper.store, dict.fromkeys(
+        ["admit_steady", "gather the states", "backend call", "finite check", "commit_steady"], 0)
+    clock = time.perf_counter_ns
+    for k, frame in enumerate(frames):
+        cols = stepper.decoder.decode(frame).columns  # type: ignore[union-attr]
+        assert cols is not None, "a batch message off the steady path"
+        now = t0 + len(frames) + k  # after the timed loop's messages: every seq is new
+        seqs = [seq + len(frames) for seq in cols.seqs]
+        ticks = [clock()]
+        admitted = store.admit_steady(cols.streams, seqs, now)
+        ticks.append(clock())
+        assert admitted is not None, "a row off the steady path"
+        streams = admitted[0]
+        slots = [stream.slot for stream in streams]
+        states = store.gather_slots(slots)
+        ticks.append(clock())
+        y, new_states = stepper.backend.step(cols.x, states)
+        ticks.append(clock())
+        stepper.backend.finite(y, new_states)
+        ticks.append(clock())
+        store.commit_steady(streams, slots, seqs, cols.stamps, new_states, now)
+        ticks.append(clock())
+        for name, a, b in zip(parts, ticks, ticks[1:], strict=False):
+            parts[name] += b - a
+    return parts
 
 
 if __name__ == "__main__":
