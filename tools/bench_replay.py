@@ -2,9 +2,10 @@
 
 Writes a synthetic log (one sensor stream at --hz for --seconds), replays it at
 rate 1.0 to a subscriber in a separate process on loopback, and prints the
-schedule error (actual send - scheduled send) p50/p99/max, the achieved rate
-and a description of the machine. Nothing is asserted: the figures depend on
-the machine and on what else runs on it.
+schedule error (actual send - scheduled send) p50/p99/max, the achieved rate,
+the reader's longest wait for one message of the same log (what a chunk
+boundary costs the replayer) and a description of the machine. Nothing is
+asserted: the figures depend on the machine and on what else runs on it.
 
     .venv/bin/python tools/bench_replay.py --seconds 10 --hz 1000
 """
@@ -17,11 +18,13 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
 from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.logs.reader import LogReader
 from lstm_stream.logs.replay import ReplayConfig, Replayer
 from lstm_stream.logs.writer import LogWriter
 
@@ -64,6 +67,7 @@ def main() -> int:
             for k in range(count):
                 t = 1_700_000_000_000_000_000 + k * period
                 w.write("sensors", encode_sensor(k, x, stream="bench", stamp_ns=t), t)
+        waits = reader_waits(log)
         with Replayer(ReplayConfig([log], output="tcp://127.0.0.1:*", rate=1.0)) as rep:
             sub = subprocess.Popen([sys.executable, "-c", SUBSCRIBER, rep.endpoint, str(count)],
                                    stdout=subprocess.PIPE, text=True)
@@ -76,8 +80,23 @@ def main() -> int:
           f"max {err.get('max', 0):8.1f} us")
     print(f"achieved rate   {report.achieved_rate:,.1f} msg/s (schedule "
           f"{report.target_rate or 0:,.1f} msg/s), resyncs {report.resyncs}")
+    print(f"reader          longest wait for one message {waits[-1] / 1e6:.2f} ms, median "
+          f"{waits[len(waits) // 2] / 1e3:.2f} us ({count} messages read as fast as they come)")
     print(f"machine         {machine()}")
     return 0
+
+
+def reader_waits(log: Path) -> list[int]:
+    """The time LogReader.messages() takes to give each message, sorted (ns)."""
+    waits = []
+    clock = time.perf_counter_ns
+    reader = LogReader(log)  # the scan at open is not a wait between messages
+    last = clock()
+    for _ in reader.messages():
+        now = clock()
+        waits.append(now - last)
+        last = now
+    return sorted(waits)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ def test_messages_and_other_records_of_a_buffer() -> None:
     buf = (channel + message(1, 50, b"a") + short + message(2, 20, b"") + message(1, 90, b"xyz")
            + record(Opcode.SCHEMA, b"s"))
     assert list(messages_in(buf)) == [(1, 50, 7, b"a"), (2, 20, 7, b""), (1, 90, 7, b"xyz")]
-    counts, lo, hi, others = message_times(buf)
-    assert (counts, lo, hi) == ({1: 2, 2: 1}, 20, 90)
+    counts, lo, hi, ordered, others = message_times(buf)
+    assert (counts, lo, hi, ordered) == ({1: 2, 2: 1}, 20, 90, False)  # 50, then 20
+    assert message_times(message(1, 5, b"") + message(2, 5, b"") + message(1, 6, b""))[3]
     assert [(op, bytes(body)) for op, body in others] == [(Opcode.CHANNEL, b"channel body"),
                                                           (Opcode.SCHEMA, b"s")]
 
@@ -37,7 +38,7 @@ def test_a_buffer_cut_inside_a_record_gives_what_comes_before() -> None:
         got = list(messages_in(buf))
         expected = [(1, 10, 7, b"first")] if cut >= len(message(1, 10, b"first")) else []
         assert got == expected, cut
-        counts, lo, hi, _ = message_times(buf)
+        counts, lo, hi, _, _ = message_times(buf)
         assert (counts, lo, hi) == (({1: 1}, 10, 10) if expected else ({}, 1 << 64, 0)), cut
 
 

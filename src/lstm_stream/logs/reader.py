@@ -81,6 +81,7 @@ class _Segment:
     chunked: bool
     first_sequence: int = 0  # position in the file of its first message
     counts: Counter[int] = field(default_factory=Counter)  # messages per channel id
+    ordered: bool = True  # its messages' log times never go back (in file order)
 
     @property
     def size(self) -> int:
@@ -254,14 +255,18 @@ class LogReader:
         body = self._segment_bytes(f, index, seg)
         if body is None:
             return
-        # A segment is read whole (a chunk is at most about a MiB); its messages are
-        # normally in log-time order already, else sorted stably (ties keep file order).
-        found = [LoggedMessage(wanted[cid], log_time, pub, data, seg.first_sequence + pos)
+        # A segment is read (and decompressed) whole: a chunk is at most about a MiB.
+        # Its messages, normally in log-time order already (known from the scan), are
+        # then made one at a time as they are asked for, so that a replay does not
+        # stall at each chunk; otherwise they are sorted stably (ties keep file order).
+        first = seg.first_sequence
+        found = (LoggedMessage(wanted[cid], log_time, pub, data, first + pos)
                  for pos, (cid, log_time, pub, data) in enumerate(_messages_in(body))
-                 if cid in wanted and lo <= log_time < hi]
-        if any(a.log_time_ns > b.log_time_ns for a, b in pairwise(found)):
-            found.sort(key=lambda m: m.log_time_ns)
-        yield from found
+                 if cid in wanted and lo <= log_time < hi)
+        if seg.ordered:
+            yield from found
+        else:
+            yield from sorted(found, key=lambda m: m.log_time_ns)
 
     def _segment_bytes(self, f: IO[bytes], index: int, seg: _Segment) -> bytes | None:
         f.seek(seg.offset)
@@ -359,6 +364,7 @@ class _Scanner:
             self._end_run()
             run = self.run = _Segment(pos, end, log_time, log_time, chunked=False)
         run.end = end
+        run.ordered = run.ordered and log_time >= run.end_ns
         run.start_ns = min(run.start_ns, log_time)
         run.end_ns = max(run.end_ns, log_time)
         run.counts[cid] += 1
@@ -379,7 +385,7 @@ class _Scanner:
                                              "rest of the log is read"))
                 return
             # Times from the messages themselves, not the chunk header: they decide order.
-            counts, lo, hi, others = _message_times(records)
+            counts, lo, hi, ordered, others = _message_times(records)
             for opcode_in, rec in others:
                 if opcode_in == Opcode.CHANNEL:
                     self._channel(pos, bytes(rec))
@@ -387,7 +393,8 @@ class _Scanner:
                     self._schema(pos, bytes(rec))
             if counts:
                 r._segments.append(_Segment(pos, pos + _RECORD.size + length, lo, hi,
-                                            chunked=True, counts=Counter(counts)))
+                                            chunked=True, counts=Counter(counts),
+                                            ordered=ordered))
         elif opcode in (Opcode.CHANNEL, Opcode.SCHEMA, Opcode.METADATA, Opcode.HEADER):
             body = self.f.read(length)
             if opcode == Opcode.CHANNEL:

@@ -76,12 +76,15 @@ def messages_in(buf: bytes) -> Iterator[tuple[int, int, int, bytes]]:
         pos = end
 
 
-def message_times(buf: bytes) -> tuple[dict[int, int], int, int, list[tuple[int, memoryview]]]:
+def message_times(buf: bytes) -> tuple[dict[int, int], int, int, bool,
+                                       list[tuple[int, memoryview]]]:
     """What the scan of a chunk needs from its records: messages per channel id, the
-    first and last log time (``1 << 64`` and 0 without messages), and the other records
-    as (opcode, body) (channels and schemas a chunk may hold)."""
+    first and last log time (``1 << 64`` and 0 without messages), whether the log times
+    never go back in file order, and the other records as (opcode, body) (channels and
+    schemas a chunk may hold)."""
     counts: dict[int, int] = {}
     lo, hi = 1 << 64, 0
+    ordered = True
     others: list[tuple[int, memoryview]] = []
     frame, head, size = RECORD.unpack_from, MESSAGE_RECORD.unpack_from, MESSAGE_RECORD.size
     pos, n = 0, len(buf)
@@ -93,6 +96,8 @@ def message_times(buf: bytes) -> tuple[dict[int, int], int, int, list[tuple[int,
                 break
             if end >= pos + size:
                 counts[cid] = counts.get(cid, 0) + 1
+                if log_time < hi:
+                    ordered = False
                 if log_time < lo:
                     lo = log_time
                 if log_time > hi:
@@ -105,7 +110,7 @@ def message_times(buf: bytes) -> tuple[dict[int, int], int, int, list[tuple[int,
             if opcode != Opcode.MESSAGE:
                 others.append((opcode, memoryview(buf)[pos + RECORD.size:end]))
         pos = end
-    return counts, lo, hi, others
+    return counts, lo, hi, ordered, others
 
 
 def opname(opcode: int) -> str:
