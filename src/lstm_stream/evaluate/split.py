@@ -72,7 +72,14 @@ def merge(path: Path, options: EvalOptions, parts: list[LogResult],
     into one; the part files are removed."""
     out = options.output_path(path)
     source = merge_order([p.order_keys for p in parts])
-    readers = [LogReader(p.output).messages() for p in parts]
+    logs = [LogReader(p.output) for p in parts]
+    for i, (p, part_log) in enumerate(zip(parts, logs, strict=True)):
+        if part_log.message_count() != len(p.order_keys) // 3:
+            raise EvaluationError(f"eval: worker {i}'s part {p.output} holds "
+                                  f"{part_log.message_count()} messages but "
+                                  f"{len(p.order_keys) // 3} merge keys; this is a bug in "
+                                  "lstm-stream, please report it")
+    readers = [part_log.messages() for part_log in logs]
     with LogWriter(out, metadata=metadata) as writer:
         writer.channel(options.output_topic)  # in the order one process registers them
         writer.channel(options.diagnostics_topic)
