@@ -111,7 +111,7 @@ def read_floor(path: Path) -> tuple[int, float]:
     return n, time.perf_counter() - started
 
 
-def floor_rate(path: str, start_at: float, repeats: int) -> float:
+def floor_rate_from(path: str, start_at: float, repeats: int) -> float:
     """Messages per second of :func:`read_floor` run ``repeats`` times from wall-clock
     time ``start_at`` on: what :func:`parallel_ceiling` runs in each process."""
     time.sleep(max(0.0, start_at - time.time()))
@@ -131,7 +131,7 @@ def parallel_ceiling(log: Path, floor_s: float, rounds: int = 3) -> float:
         rates = []
         for processes in (1, 2):  # both in fresh worker processes, started alike
             start_at = time.time() + 1.0  # the workers spawned and waiting by then
-            got = parallel.run(f"{__name__}:floor_rate",
+            got = parallel.run(f"{__name__}:floor_rate_from",
                                [(str(log), start_at, repeats)] * processes, processes)
             if not all(isinstance(rate, float) for rate in got):
                 raise LstmStreamError(f"bench --eval: a worker of the parallel ceiling "
@@ -166,24 +166,24 @@ def where_the_time_goes(log: Path, model: str, batch: int, work: Path) -> dict[s
     items = [([msg.topic.encode(), msg.data], msg.log_time_ns)
              for msg in LogReader(log).messages(["sensors"])]
     read_s = time.perf_counter() - started
-    # Stepped as eval steps them (PENDING_MAX messages at a time), each result dropped
-    # as it comes: holding 200,000 results would add the garbage collector's scans of
-    # them (about 2 us a message) to a time eval does not pay.
+    # Stepped as eval steps them, PENDING_MAX messages at a time, and each block's results
+    # encoded before the next: holding all 200,000 results would add the garbage
+    # collector's scans of them (about 2 us a message) to a time eval does not pay.
     stepper = StreamStepper(contract, create_backend(BackendName.ONNXRUNTIME, contract))
-    started = time.perf_counter()
-    for i in range(0, len(items), PENDING_MAX):
-        stepper.step_many(items[i:i + PENDING_MAX], lambda result, t: None, max_batch=batch)
-    step_s = time.perf_counter() - started
-    # again, untimed, keeping the results to time their encoding
-    stepper = StreamStepper(contract, create_backend(BackendName.ONNXRUNTIME, contract))
-    results: list[Any] = []
-    stepper.step_many(items, lambda result, t: results.append((result, t)), max_batch=batch)
     sink = _Payloads()
     emitter = Emitter(stepper, sink)
-    started = time.perf_counter()
-    for result, t in results:
-        emitter.output(result, 0, t)
-    encode_s = time.perf_counter() - started
+    step_s = encode_s = 0.0
+    results: list[Any] = []  # one block's
+    for i in range(0, len(items), PENDING_MAX):
+        results.clear()
+        started = time.perf_counter()
+        stepper.step_many(items[i:i + PENDING_MAX],
+                          lambda result, t: results.append((result, t)), max_batch=batch)
+        step_s += time.perf_counter() - started
+        started = time.perf_counter()
+        for result, t in results:
+            emitter.output(result, 0, t)
+        encode_s += time.perf_counter() - started
     started = time.perf_counter()
     with LogWriter(work / "written.mcap") as writer:
         for payload, t, stamp in sink.outputs:

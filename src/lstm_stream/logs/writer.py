@@ -41,11 +41,10 @@ from mcap.records import (
 
 from lstm_stream.core.errors import LogError
 from lstm_stream.logs import format as fmt
-from lstm_stream.logs.records import MAGIC, MESSAGE
+from lstm_stream.logs.records import MAGIC, MESSAGE, MESSAGE_RECORD
 
 log = logging.getLogger(__name__)
 
-_MESSAGE_RECORD = struct.Struct("<BQHIQQ")  # frame + message header, packed at once
 _CHUNK_HEAD = struct.Struct("<BQQQQII4sQ")  # frame, times, size, crc, "zstd", data length
 _INDEX_HEAD = struct.Struct("<BQHI")  # frame, channel id, entries' byte length
 _FOOTER_HEAD = struct.Struct("<BQQQ")  # what the footer's CRC covers after the summary
@@ -124,9 +123,9 @@ class LogWriter:
         if index is None:
             index = self._index[cid] = []
         index += (log_time_ns, len(chunk))  # the record's offset in the chunk's records
-        chunk += _MESSAGE_RECORD.pack(_MESSAGE_OPCODE, _MESSAGE_LENGTH + len(data), cid,
-                                      self.messages & 0xFFFFFFFF,  # MCAP sequence is u32
-                                      log_time_ns, publish_time_ns)
+        chunk += MESSAGE_RECORD.pack(_MESSAGE_OPCODE, _MESSAGE_LENGTH + len(data), cid,
+                                     self.messages & 0xFFFFFFFF,  # MCAP sequence is u32
+                                     log_time_ns, publish_time_ns)
         chunk += data
         self.messages += 1
         self.payload_bytes += len(data)
