@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import zmq
 
-from lstm_stream.core.contract import load_contract
 from lstm_stream.core.errors import ModelContractError
-from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.core.model.contract import load_contract
+from lstm_stream.core.wire.protocol import encode_sensor
 from lstm_stream.serve.client import control_request
 
 from helpers import tools
@@ -168,7 +168,7 @@ def test_ambiguous_outputs_are_refused_with_the_flags_to_pass(exports: dict[str,
 
 
 def _io() -> Any:
-    from lstm_stream.core.model_io import ModelIO
+    from lstm_stream.core.model.names import ModelIO
 
     return ModelIO(y="action")
 

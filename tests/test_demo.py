@@ -13,8 +13,8 @@ import pytest
 from lstm_stream.core.backends.base import step_sequences
 from lstm_stream.core.backends.numpy import NumpyBackend
 from lstm_stream.core.backends.onnxruntime import OnnxRuntimeBackend
-from lstm_stream.core.contract import load_contract
 from lstm_stream.core.errors import LogError
+from lstm_stream.core.model.contract import load_contract
 from lstm_stream.demo import (
     DemoError,
     Drive,

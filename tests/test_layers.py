@@ -37,7 +37,7 @@ def test_a_core_module_importing_serve_breaks_the_contract(tmp_path: Path) -> No
     package = tmp_path / "lstm_stream"
     shutil.copytree(REPO / "src" / "lstm_stream", package,
                     ignore=shutil.ignore_patterns("__pycache__", "models", "data"))
-    state = package / "core" / "state.py"
+    state = package / "core" / "state" / "store.py"
     state.write_text(state.read_text() + "\nfrom lstm_stream.serve import runner  # noqa\n")
     done = lint(tmp_path)
     assert done.returncode != 0

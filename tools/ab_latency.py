@@ -74,8 +74,12 @@ def bench_once(src: Path, bench_args: list[str], out: Path) -> list[dict[str, An
 HANDLE_CODE = """
 import socket, time
 import numpy as np
-from lstm_stream.core.config import load_runner_config
-from lstm_stream.core.protocol import encode_sensor
+try:
+    from lstm_stream.core.config.runner import load_runner_config
+    from lstm_stream.core.wire.protocol import encode_sensor
+except ImportError:  # a baseline from before core/ was split into sub-packages
+    from lstm_stream.core.config import load_runner_config
+    from lstm_stream.core.protocol import encode_sensor
 from lstm_stream.serve.runner import Runner
 
 def port():

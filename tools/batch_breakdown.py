@@ -17,10 +17,10 @@ import time
 import numpy as np
 
 from lstm_stream.core.backends import create_backend
-from lstm_stream.core.batch import encode_sensor_batch
-from lstm_stream.core.contract import load_contract
-from lstm_stream.core.emit import Emitter
-from lstm_stream.core.stepper import StreamStepper
+from lstm_stream.core.model.contract import load_contract
+from lstm_stream.core.step.emit import Emitter
+from lstm_stream.core.step.stepper import StreamStepper
+from lstm_stream.core.wire.batch_message import encode_sensor_batch
 
 
 class Discard:

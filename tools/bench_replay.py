@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.core.wire.protocol import encode_sensor
 from lstm_stream.logs.reader import LogReader
 from lstm_stream.logs.replay import ReplayConfig, Replayer
 from lstm_stream.logs.writer import LogWriter

@@ -44,9 +44,9 @@ import numpy as np
 import zmq
 
 from lstm_stream.core.backends.onnxruntime import OnnxRuntimeBackend
-from lstm_stream.core.contract import load_contract
-from lstm_stream.core.protocol import MAX_STREAM_NAME_BYTES, Rejection
-from lstm_stream.core.stepper import StreamStepper
+from lstm_stream.core.model.contract import load_contract
+from lstm_stream.core.step.stepper import StreamStepper
+from lstm_stream.core.wire.protocol import MAX_STREAM_NAME_BYTES, Rejection
 from lstm_stream.serve.client import VehicleStack, control_request
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

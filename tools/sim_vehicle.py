@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from lstm_stream.cli.progress import TerminalProgress
 from lstm_stream.core.errors import LstmStreamError
-from lstm_stream.core.progress import TerminalProgress
 
 MODEL = Path("models/lane_keep_lstm.onnx")
 CARD_JSON = Path("models/lane_keep_lstm.card.json")
@@ -228,7 +228,7 @@ CARD_END = "<!-- metrics:end -->"
 def _card(args: argparse.Namespace) -> int:
     import torch
 
-    from lstm_stream.core.contract import load_contract
+    from lstm_stream.core.model.contract import load_contract
     from lstm_stream.train.checkpoint import load_checkpoint, model_from_checkpoint
 
     best = args.run / "best.pt"

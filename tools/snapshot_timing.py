@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lstm_stream.core.contract import load_contract
-from lstm_stream.core.protocol import SensorMessage
-from lstm_stream.core.snapshot import encode_snapshot, frame_snapshot, read_snapshot
-from lstm_stream.core.snapshot_files import write_atomic
-from lstm_stream.core.state import Admission, StateStore
+from lstm_stream.core.model.contract import load_contract
+from lstm_stream.core.state.snapshot import encode_snapshot, frame_snapshot, read_snapshot
+from lstm_stream.core.state.snapshot_files import write_atomic
+from lstm_stream.core.state.store import Admission, StateStore
+from lstm_stream.core.wire.protocol import SensorMessage
 
 
 def main() -> int:

@@ -33,7 +33,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.core.wire.protocol import encode_sensor
 from lstm_stream.serve.client import ControlError, VehicleStack, control_request
 
 

@@ -36,9 +36,9 @@ import numpy as np
 import zmq
 
 from lstm_stream.core.backends.numpy import NumpyBackend
-from lstm_stream.core.contract import ModelContract, load_contract
 from lstm_stream.core.errors import LogError, LstmStreamError
-from lstm_stream.core.shipped import resolve_model_path
+from lstm_stream.core.model.contract import ModelContract, load_contract
+from lstm_stream.core.model.shipped import resolve_model_path
 from lstm_stream.procs import runner_process
 from lstm_stream.serve.client import ControlError, VehicleStack, control_request
 

@@ -23,7 +23,7 @@ from lstm_stream.bench.e2e import ServerProcess, endpoints, server_process
 from lstm_stream.bench.load import ThroughputGenerator, default_window
 from lstm_stream.bench.throughput import batched_run
 from lstm_stream.cli.main import main
-from lstm_stream.core.contract import load_contract
+from lstm_stream.core.model.contract import load_contract
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = str(REPO / "models" / "random_lstm.onnx")

@@ -109,10 +109,10 @@ def test_demo_runs_and_outputs_match_the_reference(tmp_path: Path) -> None:
 # exist in each (a hint raised in logs/reader.py reaches eval and replay alike).
 SHARED_BY = {
     "logs/reader.py": ("eval", "replay"),
-    "core/config.py": ("serve", "eval"),
-    "core/toml_config.py": ("serve", "eval"),
-    "core/snapshot.py": ("serve",),
-    "core/snapshot_files.py": ("serve",),
+    "core/config/runner.py": ("serve", "eval"),
+    "core/config/toml_load.py": ("serve", "eval"),
+    "core/state/snapshot.py": ("serve",),
+    "core/state/snapshot_files.py": ("serve",),
     "evaluate/run.py": ("eval",),
     "evaluate/json_output.py": ("eval",),
     "evaluate/options.py": ("eval",),
@@ -124,7 +124,7 @@ SHARED_BY = {
     "logs/record.py": ("record",),
     "logs/replay_options.py": ("replay",),
     "logs/recover.py": ("log recover",),
-    "core/model_io.py": ("serve", "eval", "info", "check"),
+    "core/model/names.py": ("serve", "eval", "info", "check"),
     "core/backends/torch.py": ("check",),
     "core/backends/onnxruntime.py": ("serve", "eval"),
 }

@@ -8,11 +8,15 @@ import numpy as np
 import pytest
 
 from lstm_stream.core.backends import create_backend
-from lstm_stream.core.batch import BatchMessage, decode_batch_output, encode_sensor_batch
-from lstm_stream.core.contract import ModelContract, load_contract
-from lstm_stream.core.emit import Emitter
-from lstm_stream.core.protocol import Rejection, encode_sensor
-from lstm_stream.core.stepper import BatchStepped, Stepped, StreamStepper
+from lstm_stream.core.model.contract import ModelContract, load_contract
+from lstm_stream.core.step.emit import Emitter
+from lstm_stream.core.step.stepper import BatchStepped, Stepped, StreamStepper
+from lstm_stream.core.wire.batch_message import (
+    BatchMessage,
+    decode_batch_output,
+    encode_sensor_batch,
+)
+from lstm_stream.core.wire.protocol import Rejection, encode_sensor
 
 from helpers.support import REPO
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lstm_stream.core.cell import (
+from lstm_stream.core.model.cell import (
     GruWeights,
     LstmWeights,
     gru_from_onnx,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lstm_stream.core.config import RunnerConfig, load_runner_config
+from lstm_stream.core.config.runner import RunnerConfig, load_runner_config
 from lstm_stream.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,9 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from lstm_stream.core.contract import PortSpec, StateSpec, load_contract
 from lstm_stream.core.errors import ModelContractError
-from lstm_stream.core.model_io import ModelIO
+from lstm_stream.core.model.contract import PortSpec, StateSpec, load_contract
+from lstm_stream.core.model.names import ModelIO
 
 FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64
 

@@ -10,10 +10,10 @@ import msgpack
 import numpy as np
 
 from lstm_stream.core.backends import create_backend
-from lstm_stream.core.contract import load_contract
-from lstm_stream.core.emit import STREAM_EXPIRED, Emitter
-from lstm_stream.core.protocol import Rejection, encode_sensor
-from lstm_stream.core.stepper import StreamStepper
+from lstm_stream.core.model.contract import load_contract
+from lstm_stream.core.step.emit import STREAM_EXPIRED, Emitter
+from lstm_stream.core.step.stepper import StreamStepper
+from lstm_stream.core.wire.protocol import Rejection, encode_sensor
 
 from helpers.support import REPO
 

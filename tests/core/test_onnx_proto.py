@@ -11,9 +11,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from lstm_stream.core.contract import load_contract
 from lstm_stream.core.errors import ModelFormatError
-from lstm_stream.core.onnx_proto import OnnxModel, ValueInfo, read_model
+from lstm_stream.core.model.contract import load_contract
+from lstm_stream.core.model.onnx_proto import OnnxModel, ValueInfo, read_model
 
 from helpers.tools import build_step_model
 

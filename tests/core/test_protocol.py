@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lstm_stream.core import protocol as p
-from lstm_stream.core.protocol import Rejection, SensorDecoder, SensorMessage, encode_sensor
+from lstm_stream.core.wire import protocol as p
+from lstm_stream.core.wire.protocol import Rejection, SensorDecoder, SensorMessage, encode_sensor
 
 F = 4
 NAMES = ("a", "b", "c", "d")

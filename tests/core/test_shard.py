@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import zmq
 
-from lstm_stream.core.protocol import encode_sensor
-from lstm_stream.core.shard import Shard, shard_of, shard_topic, topic_for
+from lstm_stream.core.wire.protocol import encode_sensor
+from lstm_stream.core.wire.shard import Shard, shard_of, shard_topic, topic_for
 from lstm_stream.serve.client import control_request
 
 from helpers.support import REPO, Reference, Served, VehicleStack, serve_process

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from lstm_stream.core.contract import load_contract
 from lstm_stream.core.errors import ModelContractError
-from lstm_stream.core.shipped import SHIPPED, resolve_model_path, shipped_model
+from lstm_stream.core.model.contract import load_contract
+from lstm_stream.core.model.shipped import SHIPPED, resolve_model_path, shipped_model
 
 from helpers.support import REPO
 

@@ -18,20 +18,20 @@ import numpy as np
 import pytest
 import zmq
 
-from lstm_stream.core import state as s
 from lstm_stream.core.backends.onnxruntime import OnnxRuntimeBackend
-from lstm_stream.core.contract import StateSpec, load_contract
 from lstm_stream.core.errors import SnapshotError
-from lstm_stream.core.protocol import SensorMessage, encode_sensor
-from lstm_stream.core.snapshot import (
+from lstm_stream.core.model.contract import StateSpec, load_contract
+from lstm_stream.core.state import store as s
+from lstm_stream.core.state.snapshot import (
     decode_snapshot,
     encode_snapshot,
     frame_snapshot,
     read_snapshot,
     restore,
 )
-from lstm_stream.core.snapshot_files import check_snapshot_path, write_atomic
-from lstm_stream.core.state import Admission, StateStore
+from lstm_stream.core.state.snapshot_files import check_snapshot_path, write_atomic
+from lstm_stream.core.state.store import Admission, StateStore
+from lstm_stream.core.wire.protocol import SensorMessage, encode_sensor
 from lstm_stream.serve.client import ControlError, control_request
 
 from helpers.support import REPO, Served, VehicleStack, free_endpoint, serve_process

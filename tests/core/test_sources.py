@@ -1,4 +1,4 @@
-"""Several sensors on several topics (core/sources.py), with a real onnxruntime session.
+"""Several sensors on several topics (core/step/sources.py), with a real onnxruntime session.
 
 Each assembled step must equal a plain StreamStepper stepped with the whole
 feature vector the sources add up to, bit for bit; bad input on any source must
@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 
 from lstm_stream.core.backends import create_backend
-from lstm_stream.core.config import RunnerConfig, SourceConfig, load_runner_config
-from lstm_stream.core.contract import ModelContract
+from lstm_stream.core.config.runner import RunnerConfig, SourceConfig, load_runner_config
+from lstm_stream.core.config.sources import resolve_sources
 from lstm_stream.core.errors import ConfigError
-from lstm_stream.core.protocol import Rejection, encode_sensor
-from lstm_stream.core.sources import Held, SourceStepper, StalePolicy, resolve_sources
-from lstm_stream.core.stepper import Stepped, StreamStepper
+from lstm_stream.core.model.contract import ModelContract
+from lstm_stream.core.step.sources import Held, SourceStepper, StalePolicy
+from lstm_stream.core.step.stepper import Stepped, StreamStepper
+from lstm_stream.core.wire.protocol import Rejection, encode_sensor
 
 from helpers.sources import FEATURES, ISSUE_TOML, make_model
 

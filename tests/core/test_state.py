@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lstm_stream.core import state as s
-from lstm_stream.core.contract import StateSpec
-from lstm_stream.core.protocol import STALE_SEQ, Rejection, SensorMessage
-from lstm_stream.core.state import Admission, StateStore
+from lstm_stream.core.model.contract import StateSpec
+from lstm_stream.core.state import store as s
+from lstm_stream.core.state.store import Admission, StateStore
+from lstm_stream.core.wire.protocol import STALE_SEQ, Rejection, SensorMessage
 
 SPECS = (StateSpec("h", "h_out", 2, 3), StateSpec("c", "c_out", 2, 3))
 SEC = 1_000_000_000

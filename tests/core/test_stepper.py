@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lstm_stream.core.backends import create_backend
-from lstm_stream.core.contract import ModelContract, load_contract
-from lstm_stream.core.protocol import Rejection, encode_sensor
-from lstm_stream.core.stepper import Result, Stepped, StreamStepper, warm_up
+from lstm_stream.core.model.contract import ModelContract, load_contract
+from lstm_stream.core.step.stepper import Result, Stepped, StreamStepper, warm_up
+from lstm_stream.core.wire.protocol import Rejection, encode_sensor
 
 from helpers.support import REPO, poisoned_model
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import zmq
 
-from lstm_stream.core.batch import decode_batch_output, encode_sensor_batch
-from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.core.wire.batch_message import decode_batch_output, encode_sensor_batch
+from lstm_stream.core.wire.protocol import encode_sensor
 from lstm_stream.evaluate.fleet import evaluate
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.logs.reader import LogReader

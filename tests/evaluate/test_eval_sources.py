@@ -10,7 +10,7 @@ import numpy as np
 import zmq
 
 from lstm_stream.cli.main import main
-from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.core.wire.protocol import encode_sensor
 from lstm_stream.logs.reader import LogReader
 from lstm_stream.logs.replay import ReplayConfig, Replayer
 from lstm_stream.logs.writer import LogWriter

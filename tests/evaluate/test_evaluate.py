@@ -16,7 +16,7 @@ import zmq
 
 from lstm_stream.cli.main import main
 from lstm_stream.core.errors import EvaluationError, LogError
-from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.core.wire.protocol import encode_sensor
 from lstm_stream.evaluate.compare import check_reference
 from lstm_stream.evaluate.fleet import evaluate
 from lstm_stream.evaluate.options import EvalOptions

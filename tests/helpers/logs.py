@@ -8,7 +8,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
-from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.core.wire.protocol import encode_sensor
 from lstm_stream.logs.writer import LogWriter
 
 T0 = 1_700_000_000_000_000_000  # log times: ns since the epoch, like a real recording

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import onnx
 
-from lstm_stream.core.contract import ModelContract, load_contract
+from lstm_stream.core.model.contract import ModelContract, load_contract
 
 from helpers.tools import build_step_model
 

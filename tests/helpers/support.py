@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lstm_stream.core.backends.numpy import NumpyBackend
-from lstm_stream.core.contract import load_contract
+from lstm_stream.core.model.contract import load_contract
 from lstm_stream.procs import RunnerProcess, free_endpoint, runner_process
 from lstm_stream.serve.client import VehicleStack
 

@@ -11,7 +11,7 @@ import numpy as np
 from mcap.reader import make_reader
 
 from lstm_stream.cli.main import main
-from lstm_stream.core.batch import encode_sensor_batch
+from lstm_stream.core.wire.batch_message import encode_sensor_batch
 from lstm_stream.logs.writer import LogWriter
 
 from helpers.logs import T0, write_drive

@@ -18,7 +18,7 @@ import zmq
 from mcap.reader import make_reader
 
 from lstm_stream.cli.main import main
-from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.core.wire.protocol import encode_sensor
 from lstm_stream.logs.reader import LogReader
 from lstm_stream.logs.replay import ReplayConfig, Replayer
 from lstm_stream.procs import free_endpoint

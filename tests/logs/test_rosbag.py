@@ -22,7 +22,7 @@ import zmq
 from mcap.reader import make_reader
 
 from lstm_stream.cli.main import main
-from lstm_stream.core.config import SourceConfig, load_runner_config
+from lstm_stream.core.config.runner import SourceConfig, load_runner_config
 from lstm_stream.core.errors import ConfigError, EvaluationError
 from lstm_stream.evaluate.fleet import evaluate
 from lstm_stream.evaluate.options import EvalOptions

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import zmq
 
-from lstm_stream.core.batch import decode_batch_output
-from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.core.wire.batch_message import decode_batch_output
+from lstm_stream.core.wire.protocol import encode_sensor
 
 from helpers.support import REPO, Served, VehicleStack, serve_process
 

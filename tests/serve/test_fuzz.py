@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lstm_stream.core.protocol import (
+from lstm_stream.core.wire.protocol import (
     CONTROL_COMMANDS,
     REJECTION_REASONS,
     ControlRequest,

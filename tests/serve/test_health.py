@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lstm_stream.core.sources import Source
+from lstm_stream.core.step.sources import Source
 from lstm_stream.serve.health import alive
 
 GNSS = Source("gnss", ("lat_err",), (0,), rate_hz=10.0, max_age_ns=250_000_000, trigger=False)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import zmq
 
-from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.core.wire.protocol import encode_sensor
 from lstm_stream.procs import free_port
 from lstm_stream.serve.client import control_request
 

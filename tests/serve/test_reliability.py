@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import zmq
 
-from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.core.wire.protocol import encode_sensor
 from lstm_stream.serve.client import control_request
 
 from helpers.support import REPO, Reference, Served, VehicleStack, free_endpoint, serve_process

@@ -15,9 +15,9 @@ import pytest
 import zmq
 
 from lstm_stream.core.backends.onnxruntime import OnnxRuntimeBackend
-from lstm_stream.core.config import load_runner_config
-from lstm_stream.core.contract import load_contract
-from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.core.config.runner import load_runner_config
+from lstm_stream.core.model.contract import load_contract
+from lstm_stream.core.wire.protocol import encode_sensor
 from lstm_stream.serve.client import VehicleStack, control_request
 from lstm_stream.serve.runner import Runner
 

@@ -19,10 +19,10 @@ import pytest
 import zmq
 
 from lstm_stream.cli.main import main
-from lstm_stream.core.config import is_loopback, load_runner_config
-from lstm_stream.core.contract import load_contract
+from lstm_stream.core.config.runner import is_loopback, load_runner_config
 from lstm_stream.core.errors import ConfigError, SecurityError
-from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.core.model.contract import load_contract
+from lstm_stream.core.wire.protocol import encode_sensor
 from lstm_stream.serve.client import ControlError, control_request
 from lstm_stream.serve.security import ClientKeys, generate_keys, load_server_keys
 from lstm_stream.serve.security.curve import ENV_CLIENT_KEY, ENV_SERVER_KEY

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import zmq
 
-from lstm_stream.core.contract import load_contract
-from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.core.model.contract import load_contract
+from lstm_stream.core.wire.protocol import encode_sensor
 from lstm_stream.serve.client import control_request
 
 from helpers.support import (
@@ -375,7 +375,7 @@ def test_a_burst_of_many_streams_is_batched_in_order_and_exact(stack: VehicleSta
     batches (status: fewer backend calls than steps), every stream's outputs arrive
     in seq order, and each equals, bit for bit, stepping one message at a time."""
     from lstm_stream.core.backends import create_backend
-    from lstm_stream.core.stepper import Stepped, StreamStepper
+    from lstm_stream.core.step.stepper import Stepped, StreamStepper
 
     contract = load_contract(MODEL)
     unbatched = StreamStepper(contract, create_backend("onnxruntime", contract))

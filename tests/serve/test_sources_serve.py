@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import zmq
 
-from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.core.wire.protocol import encode_sensor
 from lstm_stream.serve.client import control_request
 
 from helpers.sources import ISSUE_TOML, make_model

@@ -11,8 +11,8 @@ import torch
 
 from lstm_stream.core.backends import create_backend
 from lstm_stream.core.backends.base import step_sequences
-from lstm_stream.core.contract import load_contract
 from lstm_stream.core.errors import ExportError
+from lstm_stream.core.model.contract import load_contract
 from lstm_stream.train.config import TrainConfig, load_train_config
 from lstm_stream.train.data import load_dataset
 from lstm_stream.train.export import (

@@ -13,7 +13,7 @@ import pytest
 import torch
 import zmq
 
-from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.core.wire.protocol import encode_sensor
 from lstm_stream.train.checkpoint import load_checkpoint, model_from_checkpoint
 from lstm_stream.train.config import load_train_config
 from lstm_stream.train.data import load_dataset

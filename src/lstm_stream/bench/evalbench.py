@@ -33,13 +33,13 @@ import numpy as np
 from lstm_stream.bench.platform import platform_record
 from lstm_stream.bench.results import EvalBenchReport, model_record
 from lstm_stream.core.backends import BackendName, create_backend
-from lstm_stream.core.batch import encode_sensor_batch
-from lstm_stream.core.contract import load_contract
-from lstm_stream.core.emit import Emitter
 from lstm_stream.core.errors import LstmStreamError
+from lstm_stream.core.model.contract import load_contract
 from lstm_stream.core.progress import NullProgress, Progress
-from lstm_stream.core.protocol import encode_sensor
-from lstm_stream.core.stepper import StreamStepper
+from lstm_stream.core.step.emit import Emitter
+from lstm_stream.core.step.stepper import StreamStepper
+from lstm_stream.core.wire.batch_message import encode_sensor_batch
+from lstm_stream.core.wire.protocol import encode_sensor
 from lstm_stream.evaluate import parallel
 from lstm_stream.evaluate.fleet import evaluate
 from lstm_stream.evaluate.options import EvalOptions

@@ -17,7 +17,7 @@ from lstm_stream.bench.platform import platform_record
 from lstm_stream.bench.results import BenchReport, config_name, model_record, rate_label
 from lstm_stream.bench.startup import startup_suite
 from lstm_stream.bench.step import RUNNER_PATH, has_torch, step_suite
-from lstm_stream.core.contract import load_contract
+from lstm_stream.core.model.contract import load_contract
 from lstm_stream.core.progress import NullProgress, Progress
 
 log = logging.getLogger(__name__)

@@ -34,8 +34,8 @@ import zmq
 from lstm_stream.bench.e2e import LoadGenerator, endpoints, server_process
 from lstm_stream.bench.platform import platform_record
 from lstm_stream.bench.results import LiveViewReport, model_record
-from lstm_stream.core.contract import load_contract
 from lstm_stream.core.errors import LstmStreamError
+from lstm_stream.core.model.contract import load_contract
 from lstm_stream.core.progress import NullProgress, Progress
 from lstm_stream.procs import free_port
 from lstm_stream.serve.client import control_request

@@ -14,7 +14,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from lstm_stream.core.contract import ModelContract
+from lstm_stream.core.model.contract import ModelContract
 
 
 @dataclass

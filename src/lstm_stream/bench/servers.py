@@ -29,7 +29,7 @@ import numpy as np
 import onnxruntime as ort
 import zmq
 
-from lstm_stream.core.contract import load_contract
+from lstm_stream.core.model.contract import load_contract
 
 Step = Callable[[str, np.ndarray], list[float]]
 IMPLS = ("echo", "decode", "naive-ort", "naive-torch")

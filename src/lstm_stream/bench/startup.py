@@ -24,9 +24,9 @@ import zmq
 from lstm_stream.bench.e2e import endpoints, server_process
 from lstm_stream.bench.stats import summarize_ns
 from lstm_stream.core.backends import BackendName, create_backend
-from lstm_stream.core.contract import ModelContract
-from lstm_stream.core.protocol import encode_sensor
-from lstm_stream.core.stepper import warm_up
+from lstm_stream.core.model.contract import ModelContract
+from lstm_stream.core.step.stepper import warm_up
+from lstm_stream.core.wire.protocol import encode_sensor
 from lstm_stream.serve.client import VehicleStack
 
 

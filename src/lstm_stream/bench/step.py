@@ -18,10 +18,10 @@ import onnxruntime as ort
 from lstm_stream.bench.stats import summarize_ns
 from lstm_stream.core.backends import BackendName, create_backend
 from lstm_stream.core.backends.onnxruntime import session_options
-from lstm_stream.core.contract import ModelContract
 from lstm_stream.core.errors import BackendError
-from lstm_stream.core.protocol import encode_output, encode_sensor
-from lstm_stream.core.stepper import Stepped, StreamStepper
+from lstm_stream.core.model.contract import ModelContract
+from lstm_stream.core.step.stepper import Stepped, StreamStepper
+from lstm_stream.core.wire.protocol import encode_output, encode_sensor
 
 RUNNER_PATH = "runner in process: decode + state + step + encode"
 FLOOR_B_PACED = "bare InferenceSession.run, 1 ms apart"

@@ -50,9 +50,9 @@ from lstm_stream.bench.results import ThroughputReport, model_record
 from lstm_stream.bench.stats import summarize_ns
 from lstm_stream.bench.step import has_torch, time_calls
 from lstm_stream.core.backends.onnxruntime import session_options
-from lstm_stream.core.config import BatchingConfig, StateConfig
-from lstm_stream.core.contract import ModelContract, load_contract
+from lstm_stream.core.config.runner import BatchingConfig, StateConfig
 from lstm_stream.core.errors import LstmStreamError
+from lstm_stream.core.model.contract import ModelContract, load_contract
 from lstm_stream.core.progress import NullProgress, Progress
 from lstm_stream.serve.client import control_request
 

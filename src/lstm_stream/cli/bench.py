@@ -31,7 +31,7 @@ from lstm_stream.bench.throughput import (
     ThroughputSettings,
     run_throughput,
 )
-from lstm_stream.core.progress import TerminalProgress
+from lstm_stream.cli.progress import TerminalProgress
 
 EPILOG = """\
 examples:

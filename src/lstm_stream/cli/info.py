@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from lstm_stream.core.contract import (
+from lstm_stream.core.model.contract import (
     META_CELL,
     META_FEATURE_NAMES,
     META_NORMALIZATION,
@@ -17,7 +17,7 @@ from lstm_stream.core.contract import (
     PortSpec,
     load_contract,
 )
-from lstm_stream.core.model_io import ModelIO
+from lstm_stream.core.model.names import ModelIO
 
 _SHOWN_ELSEWHERE = {META_FEATURE_NAMES, META_OUTPUT_NAMES, META_NORMALIZATION, META_CELL,
                     META_PREPROCESSING}

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from lstm_stream.cli.logs import _library, _progress
-from lstm_stream.core.contract import load_contract
 from lstm_stream.core.errors import ConfigError
+from lstm_stream.core.model.contract import load_contract
 
 
 def add_commands(sub: Any) -> None:

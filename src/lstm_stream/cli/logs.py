@@ -23,10 +23,10 @@ from types import ModuleType
 from typing import Any, TextIO
 
 from lstm_stream.cli.main import add_model_io_options, model_io_overrides
+from lstm_stream.cli.progress import TerminalProgress
 from lstm_stream.core.backends import BackendName
-from lstm_stream.core.config import load_runner_config
+from lstm_stream.core.config.runner import load_runner_config
 from lstm_stream.core.errors import ConfigError, EvaluationError, LogError
-from lstm_stream.core.progress import TerminalProgress
 from lstm_stream.evaluate.options import ENCODINGS, EvalOptions
 from lstm_stream.evaluate.report import render_table
 

@@ -19,7 +19,7 @@ from typing import Any
 from lstm_stream import __version__
 from lstm_stream.cli.info import describe, render
 from lstm_stream.core.backends import BackendName
-from lstm_stream.core.config import load_runner_config
+from lstm_stream.core.config.runner import load_runner_config
 from lstm_stream.core.errors import LstmStreamError
 from lstm_stream.demo import DemoReport, DemoTick, default_model, run_demo, write_demo_plot
 from lstm_stream.evaluate.check import check_model

@@ -17,8 +17,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from lstm_stream.cli.progress import TerminalProgress
 from lstm_stream.core.errors import TrainingError
-from lstm_stream.core.progress import TerminalProgress
 from lstm_stream.train.config import load_train_config
 
 TRAIN_EXTRA = ("torch", "mcap", "sklearn", "onnx", "onnxscript")  # what [train] installs

@@ -29,11 +29,11 @@ import numpy as np
 import onnxruntime as ort
 
 from lstm_stream.core.backends import BackendName, create_backend
-from lstm_stream.core.contract import ModelContract, PortSpec, load_contract
 from lstm_stream.core.errors import LstmStreamError
-from lstm_stream.core.model_io import ModelIO
-from lstm_stream.core.protocol import Rejection, encode_sensor
-from lstm_stream.core.stepper import StreamStepper
+from lstm_stream.core.model.contract import ModelContract, PortSpec, load_contract
+from lstm_stream.core.model.names import ModelIO
+from lstm_stream.core.step.stepper import StreamStepper
+from lstm_stream.core.wire.protocol import Rejection, encode_sensor
 
 # A reference: (the model's inputs by name, in its own shapes) -> its outputs by name.
 Reference = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from lstm_stream.core.contract import load_contract
 from lstm_stream.core.errors import EvaluationError
+from lstm_stream.core.model.contract import load_contract
 from lstm_stream.core.progress import NullProgress, Progress
 from lstm_stream.evaluate import parallel, split
 from lstm_stream.evaluate.json_output import output_labels, rewrite_as_json

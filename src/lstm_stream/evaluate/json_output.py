@@ -20,7 +20,7 @@ from pathlib import Path
 
 import msgpack
 
-from lstm_stream.core.contract import ModelContract
+from lstm_stream.core.model.contract import ModelContract
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.logs import format as fmt
 from lstm_stream.logs.foxglove import export_foxglove

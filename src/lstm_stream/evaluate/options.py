@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from lstm_stream.core.backends import BackendName
-from lstm_stream.core.config import SourceConfig
+from lstm_stream.core.config.runner import SourceConfig
 from lstm_stream.core.errors import ConfigError
-from lstm_stream.core.model_io import ModelIO
+from lstm_stream.core.model.names import ModelIO
 
 OUTPUT_SUFFIX = ".policy.mcap"
 ENCODINGS = ("msgpack", "json")  # of eval's output files (json: evaluate/json_output.py)

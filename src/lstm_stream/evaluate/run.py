@@ -1,9 +1,9 @@
 """One log through the runner's own code: what ``lstm-stream eval`` does per log.
 
 The sensor messages of a log go, in log order, through
-:class:`~lstm_stream.core.stepper.StreamStepper` (the code ``serve`` runs), with each
+:class:`~lstm_stream.core.step.stepper.StreamStepper` (the code ``serve`` runs), with each
 message's log time as the clock: no sockets, no wall clock, no threads. What is
-written comes from :class:`~lstm_stream.core.emit.Emitter` into an MCAP sink,
+written comes from :class:`~lstm_stream.core.step.emit.Emitter` into an MCAP sink,
 the code that publishes a live runner's outputs (``latency_ns`` is 0), to a new
 MCAP file with fixed writer options, so evaluating the same log with the same
 model twice gives byte-identical files.
@@ -23,14 +23,15 @@ from typing import Any
 import numpy as np
 
 from lstm_stream.core.backends import create_backend
-from lstm_stream.core.config import SourceConfig
-from lstm_stream.core.contract import load_contract
-from lstm_stream.core.emit import Emitter
+from lstm_stream.core.config.runner import SourceConfig
+from lstm_stream.core.config.sources import resolve_sources
 from lstm_stream.core.errors import ConfigError, LstmStreamError
+from lstm_stream.core.model.contract import load_contract
 from lstm_stream.core.progress import NullProgress, Progress
-from lstm_stream.core.protocol import Rejection
-from lstm_stream.core.sources import Held, SourceStepper, StalePolicy, resolve_sources
-from lstm_stream.core.stepper import BatchStepped, Outcome, SteadyRows, Stepped, StreamStepper
+from lstm_stream.core.step.emit import Emitter
+from lstm_stream.core.step.sources import Held, SourceStepper, StalePolicy
+from lstm_stream.core.step.stepper import BatchStepped, Outcome, SteadyRows, Stepped, StreamStepper
+from lstm_stream.core.wire.protocol import Rejection
 from lstm_stream.evaluate import split
 from lstm_stream.evaluate.json_output import output_labels, rewrite_as_json
 from lstm_stream.evaluate.options import EvalOptions

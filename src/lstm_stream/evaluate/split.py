@@ -25,7 +25,7 @@ import msgpack
 import numpy as np
 
 from lstm_stream.core.errors import EvaluationError
-from lstm_stream.core.shard import shard_of
+from lstm_stream.core.wire.shard import shard_of
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.evaluate.results import LogResult, StreamResult
 from lstm_stream.logs.reader import LogReader

@@ -21,8 +21,8 @@ from typing import Any
 
 import msgpack
 
-from lstm_stream.core.json_form import SCHEMAS, convert
 from lstm_stream.core.progress import NullProgress, Progress
+from lstm_stream.core.wire.json_form import SCHEMAS, convert
 from lstm_stream.logs import format as fmt
 from lstm_stream.logs.reader import LoggedMessage, LogReader
 from lstm_stream.logs.writer import LogWriter

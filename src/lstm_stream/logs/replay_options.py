@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lstm_stream.core.config import SourceConfig
+from lstm_stream.core.config.runner import SourceConfig
 from lstm_stream.core.errors import ConfigError
 
 

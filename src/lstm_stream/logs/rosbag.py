@@ -30,7 +30,7 @@ from typing import Any
 
 import msgpack
 
-from lstm_stream.core.config import SourceConfig
+from lstm_stream.core.config.runner import SourceConfig
 from lstm_stream.core.errors import ConfigError, LogError
 from lstm_stream.logs.reader import LoggedMessage
 

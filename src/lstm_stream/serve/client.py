@@ -13,8 +13,8 @@ import msgpack
 import numpy as np
 import zmq
 
-from lstm_stream.core.batch import encode_sensor_batch
 from lstm_stream.core.errors import LstmStreamError
+from lstm_stream.core.wire.batch_message import encode_sensor_batch
 from lstm_stream.serve.security.curve import ClientKeys
 
 

@@ -17,15 +17,15 @@ import zmq
 
 from lstm_stream import __version__
 from lstm_stream.core.backends import StepBackend
-from lstm_stream.core.config import RunnerConfig
-from lstm_stream.core.contract import ModelContract
-from lstm_stream.core.emit import EmitCounters
-from lstm_stream.core.protocol import PROTOCOL_VERSION, ControlRequest, decode_control_request
-from lstm_stream.core.shard import Shard, shard_topic
-from lstm_stream.core.snapshot import RestoreResult, SnapshotWriter
-from lstm_stream.core.sources import SourceStepper
-from lstm_stream.core.state import StateStore
-from lstm_stream.core.stepper import StreamStepper
+from lstm_stream.core.config.runner import RunnerConfig
+from lstm_stream.core.model.contract import ModelContract
+from lstm_stream.core.state.snapshot import RestoreResult, SnapshotWriter
+from lstm_stream.core.state.store import StateStore
+from lstm_stream.core.step.emit import EmitCounters
+from lstm_stream.core.step.sources import SourceStepper
+from lstm_stream.core.step.stepper import StreamStepper
+from lstm_stream.core.wire.protocol import PROTOCOL_VERSION, ControlRequest, decode_control_request
+from lstm_stream.core.wire.shard import Shard, shard_topic
 from lstm_stream.serve.health import HealthTracker
 from lstm_stream.serve.liveview import LiveView
 from lstm_stream.serve.security.curve import ServerKeys

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_stream.core.sources import Source, SourceStepper
+from lstm_stream.core.step.sources import Source, SourceStepper
 
 ALIVE_RATE = (0.8, 1.2)  # measured / expected rate within this: alive (openpilot's SubMaster)
 

@@ -28,7 +28,7 @@ from typing import Any
 import msgpack
 
 from lstm_stream.core.errors import LstmStreamError
-from lstm_stream.core.json_form import SCHEMAS, convert
+from lstm_stream.core.wire.json_form import SCHEMAS, convert
 
 INSTALL_HINT = "pip install 'lstm-stream[viz]'"
 MAX_QUEUE = 10_000  # frames waiting for the live-view thread; more are dropped and counted

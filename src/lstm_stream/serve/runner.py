@@ -28,23 +28,24 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from lstm_stream.core.backends import StepBackend, create_backend
-from lstm_stream.core.config import RunnerConfig
-from lstm_stream.core.contract import ModelContract, check_model_pin, load_contract
-from lstm_stream.core.emit import Emitter
+from lstm_stream.core.config.runner import RunnerConfig
+from lstm_stream.core.config.sources import resolve_sources
 from lstm_stream.core.errors import SnapshotError
-from lstm_stream.core.protocol import (
-    Rejection,
-)
-from lstm_stream.core.shard import Shard
-from lstm_stream.core.snapshot import (
+from lstm_stream.core.model.contract import ModelContract, check_model_pin, load_contract
+from lstm_stream.core.state.snapshot import (
     RestoreResult,
     SnapshotWriter,
     encode_snapshot,
     restore,
 )
-from lstm_stream.core.snapshot_files import check_snapshot_path
-from lstm_stream.core.sources import Held, SourceStepper, StalePolicy, resolve_sources
-from lstm_stream.core.stepper import BatchStepped, Outcome, Stepped, StreamStepper, warm_up
+from lstm_stream.core.state.snapshot_files import check_snapshot_path
+from lstm_stream.core.step.emit import Emitter
+from lstm_stream.core.step.sources import Held, SourceStepper, StalePolicy
+from lstm_stream.core.step.stepper import BatchStepped, Outcome, Stepped, StreamStepper, warm_up
+from lstm_stream.core.wire.protocol import (
+    Rejection,
+)
+from lstm_stream.core.wire.shard import Shard
 from lstm_stream.serve.control import LATENCY_WINDOW, ControlRequests, Counters
 from lstm_stream.serve.health import HealthTracker
 from lstm_stream.serve.liveview import LiveView, TeeSink, tee_input

@@ -39,7 +39,7 @@ import numpy as np
 import zmq
 
 from lstm_stream.core.progress import NullProgress, Progress
-from lstm_stream.core.protocol import encode_sensor
+from lstm_stream.core.wire.protocol import encode_sensor
 from lstm_stream.procs import runner_process
 from lstm_stream.serve.client import VehicleStack
 from lstm_stream.sim import SimError

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lstm_stream.core.cell import CellKind
-from lstm_stream.core.config import SourceConfig
+from lstm_stream.core.config.runner import SourceConfig
+from lstm_stream.core.config.toml_load import from_dict, load_config
 from lstm_stream.core.errors import ConfigError
-from lstm_stream.core.toml_config import from_dict, load_config
+from lstm_stream.core.model.cell import CellKind
 
 SOURCES = ("digits", "npz", "csv", "mnist", "log")
 FILE_SOURCES = ("npz", "csv", "mnist", "log")  # sources that read data.path

@@ -6,7 +6,7 @@ hidden]``; outputs ``y``, ``h_out`` (and ``c_out``). It uses only operators the
 numpy backend interprets (Sub, Div, Unsqueeze, Slice, LSTM/GRU, Squeeze, Gemm,
 Relu, Softmax, Mul, Add, Concat), with the normalisation folded in, so every
 backend can serve it. The weights are written in the ONNX gate order by
-:mod:`lstm_stream.core.cell`'s converters.
+:mod:`lstm_stream.core.model.cell`'s converters.
 
 Before anything is written, :func:`verify_step_model` steps the graph through
 onnxruntime and through the numpy backend over held-out sequences, carrying the
@@ -31,14 +31,14 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from lstm_stream.core import cell
 from lstm_stream.core.backends.base import BackendName, StepFn, step_sequences
 from lstm_stream.core.backends.numpy import NumpyBackend
 from lstm_stream.core.backends.onnxruntime import session_options
-from lstm_stream.core.cell import CellKind
-from lstm_stream.core.contract import ModelContract, contract_from_graph
 from lstm_stream.core.errors import ExportError, LstmStreamError
-from lstm_stream.core.onnx_proto import read_model
+from lstm_stream.core.model import cell
+from lstm_stream.core.model.cell import CellKind
+from lstm_stream.core.model.contract import ModelContract, contract_from_graph
+from lstm_stream.core.model.onnx_proto import read_model
 from lstm_stream.train.checkpoint import load_checkpoint, model_from_checkpoint
 from lstm_stream.train.model import SequenceModel
 

@@ -8,7 +8,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from lstm_stream.core.config import SourceConfig
+from lstm_stream.core.config.runner import SourceConfig
 from lstm_stream.core.errors import TrainingError
 from lstm_stream.logs.reader import LogReader
 from lstm_stream.logs.rosbag import RosBag, is_rosbag

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lstm_stream.core.cell import CellKind
+from lstm_stream.core.model.cell import CellKind
 from lstm_stream.train.config import NetworkConfig
 
 State = tuple[torch.Tensor, ...]  # (h,) or (h, c), each (L, B, H)

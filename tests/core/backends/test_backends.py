@@ -13,10 +13,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from lstm_stream.core import cell
 from lstm_stream.core.backends import StepBackend, create_backend
-from lstm_stream.core.contract import ModelContract, load_contract
 from lstm_stream.core.errors import BackendError, UnsupportedOperatorError
+from lstm_stream.core.model import cell
+from lstm_stream.core.model.contract import ModelContract, load_contract
 
 from helpers.support import REPO, run_python
 from helpers.tools import build_step_model
@@ -331,9 +331,9 @@ def test_runtime_backends_do_not_import_torch(model_factory: Any) -> None:
     code = (
         "import sys, numpy as np\n"
         "import lstm_stream.core.backends.numpy, lstm_stream.core.backends.onnxruntime\n"
-        "import lstm_stream.core.contract\n"
+        "import lstm_stream.core.model.contract\n"
         "from lstm_stream.core.backends import create_backend\n"
-        f"c = lstm_stream.core.contract.load_contract({str(path)!r})\n"
+        f"c = lstm_stream.core.model.contract.load_contract({str(path)!r})\n"
         "b = create_backend('numpy', c)\n"
         "b.step(np.zeros((1, 3), np.float32), [np.zeros((1, 1, 4), np.float32)] * 2)\n"
         "print(sorted(m for m in ('torch', 'onnx') if m in sys.modules))\n"

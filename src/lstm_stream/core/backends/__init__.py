@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 
 from lstm_stream.core.backends.base import BackendName, StepBackend
-from lstm_stream.core.contract import ModelContract
 from lstm_stream.core.errors import BackendError
+from lstm_stream.core.model.contract import ModelContract
 
 # name -> (module, class). Imported lazily: see create_backend.
 BACKENDS: dict[BackendName, tuple[str, str]] = {

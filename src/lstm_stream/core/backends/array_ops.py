@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_stream.core import cell
+from lstm_stream.core.model import cell
 
 Kernel = Callable[[list[Any]], list[Any]]  # input values ('' inputs as None) -> outputs
 

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from lstm_stream.core.contract import ModelContract
+from lstm_stream.core.model.contract import ModelContract
 
 
 class BackendName(StrEnum):

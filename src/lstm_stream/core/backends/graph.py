@@ -25,9 +25,9 @@ import numpy as np
 from lstm_stream.core.backends.array_ops import ArrayOps, Kernel
 from lstm_stream.core.backends.base import StepBackend
 from lstm_stream.core.backends.recurrent import gru_kernel, lstm_kernel
-from lstm_stream.core.contract import ModelContract
 from lstm_stream.core.errors import BackendError, UnsupportedOperatorError
-from lstm_stream.core.onnx_proto import DTYPES, Node, OnnxModel, read_model, type_name
+from lstm_stream.core.model.contract import ModelContract
+from lstm_stream.core.model.onnx_proto import DTYPES, Node, OnnxModel, read_model, type_name
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""The numpy backend: interprets the model's ONNX graph with numpy and :mod:`lstm_stream.core.cell`.
+"""The numpy backend: interprets the model's ONNX graph with numpy and
+:mod:`lstm_stream.core.model.cell`.
 
 It needs nothing beyond numpy, runs the LSTM and GRU operators through the
 reference cell maths (so it is the backend that shows what the model
@@ -13,11 +14,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lstm_stream.core import cell
 from lstm_stream.core.backends.array_ops import ArrayOps
 from lstm_stream.core.backends.base import BackendName
 from lstm_stream.core.backends.graph import GraphBackend
-from lstm_stream.core.contract import ModelContract
+from lstm_stream.core.model import cell
+from lstm_stream.core.model.contract import ModelContract
 
 
 class NumpyOps(ArrayOps):

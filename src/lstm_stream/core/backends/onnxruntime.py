@@ -17,8 +17,8 @@ import numpy as np
 import onnxruntime as ort
 
 from lstm_stream.core.backends.base import BackendName, StepBackend
-from lstm_stream.core.contract import ModelContract
 from lstm_stream.core.errors import BackendError
+from lstm_stream.core.model.contract import ModelContract
 
 Runner = Callable[[list[str], dict[str, Any]], list[np.ndarray]]
 

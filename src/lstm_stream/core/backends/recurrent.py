@@ -1,5 +1,5 @@
 """The LSTM and GRU operators of the graph interpreter: ONNX conventions checked once,
-weights converted once (core/cell.py), then one ``ArrayOps`` call per step."""
+weights converted once (core/model/cell.py), then one ``ArrayOps`` call per step."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from lstm_stream.core import cell
 from lstm_stream.core.backends.array_ops import ArrayOps, Kernel
 from lstm_stream.core.errors import BackendError, UnsupportedOperatorError
-from lstm_stream.core.onnx_proto import Node
+from lstm_stream.core.model import cell
+from lstm_stream.core.model.onnx_proto import Node
 
 
 class Program(Protocol):

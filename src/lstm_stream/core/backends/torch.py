@@ -18,12 +18,12 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from lstm_stream.core import cell
 from lstm_stream.core.backends.array_ops import ArrayOps
 from lstm_stream.core.backends.base import BackendName
 from lstm_stream.core.backends.graph import GraphBackend
-from lstm_stream.core.contract import ModelContract
 from lstm_stream.core.errors import LstmStreamError
+from lstm_stream.core.model import cell
+from lstm_stream.core.model.contract import ModelContract
 
 _TORCH_DTYPES = {
     np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,

@@ -2,7 +2,7 @@
 
 A servable model is a recurrent *step* model: it takes a feature vector and its
 recurrent state, and returns the policy output and the new state. Which of its
-inputs and outputs play which part is decided by :mod:`lstm_stream.core.model_io`
+inputs and outputs play which part is decided by :mod:`lstm_stream.core.model.names`
 (declared by the user, or inferred by documented rules). This module checks
 their shapes and element types and records how to adapt them, so that
 everything after it sees one canonical form:
@@ -17,7 +17,7 @@ hidden]`` or ``[batch, layers, hidden]``, in float32, float16 or float64, with
 a dynamic batch or a fixed batch of 1, and with weights in external data files
 beside the ``.onnx`` file. See docs/model-contract.md.
 
-The contract is read with :mod:`lstm_stream.core.onnx_proto`, so it needs neither
+The contract is read with :mod:`lstm_stream.core.model.onnx_proto`, so it needs neither
 onnxruntime nor the ``onnx`` package.
 """
 
@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from lstm_stream.core.cell import CellKind
 from lstm_stream.core.errors import ModelContractError, ModelFormatError, ModelIntegrityError
-from lstm_stream.core.model_io import ModelIO, NameMapping, map_names
-from lstm_stream.core.onnx_proto import OnnxModel, ValueInfo, read_model, type_name
-from lstm_stream.core.shipped import resolve_model_path
+from lstm_stream.core.model.cell import CellKind
+from lstm_stream.core.model.names import ModelIO, NameMapping, map_names
+from lstm_stream.core.model.onnx_proto import OnnxModel, ValueInfo, read_model, type_name
+from lstm_stream.core.model.shipped import resolve_model_path
 
 INPUT_NAME = "x"  # the canonical names, and the names of models made by lstm-stream
 OUTPUT_NAME = "y"

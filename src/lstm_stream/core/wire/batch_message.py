@@ -24,7 +24,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from lstm_stream.core.protocol import (
+from lstm_stream.core.wire.protocol import (
     BAD_TYPE,
     BAD_VALUE,
     DUPLICATE_STREAM,

@@ -29,8 +29,8 @@ from enum import StrEnum
 
 import numpy as np
 
-from lstm_stream.core.contract import StateSpec
-from lstm_stream.core.protocol import STALE_SEQ, Rejection, SensorMessage
+from lstm_stream.core.model.contract import StateSpec
+from lstm_stream.core.wire.protocol import STALE_SEQ, Rejection, SensorMessage
 
 log = logging.getLogger(__name__)
 

@@ -24,17 +24,17 @@ from typing import Any
 import numpy as np
 
 from lstm_stream.core.backends import StepBackend
-from lstm_stream.core.batch import BatchColumns, BatchMessage, MessageDecoder
-from lstm_stream.core.contract import ModelContract
-from lstm_stream.core.protocol import (
+from lstm_stream.core.model.contract import ModelContract
+from lstm_stream.core.state.store import Admission, StateStore
+from lstm_stream.core.wire.batch_message import BatchColumns, BatchMessage, MessageDecoder
+from lstm_stream.core.wire.protocol import (
     BAD_OUTPUT,
     STEP_FAILED,
     WRONG_SHARD,
     Rejection,
     SensorMessage,
 )
-from lstm_stream.core.shard import Shard, shard_of
-from lstm_stream.core.state import Admission, StateStore
+from lstm_stream.core.wire.shard import Shard, shard_of
 
 
 @dataclass(slots=True)

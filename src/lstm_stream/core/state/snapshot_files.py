@@ -1,6 +1,6 @@
 """The files of state snapshots: the path check at start, atomic writes, keeping aside.
 
-What :mod:`lstm_stream.core.snapshot` does to the file system, so that no
+What :mod:`lstm_stream.core.state.snapshot` does to the file system, so that no
 snapshot ever costs a user a file: ``serve`` refuses a path that is a
 directory, a file that is not a snapshot, or a directory where it cannot
 atomically replace a file (:func:`check_snapshot_path`); snapshots are written

@@ -6,7 +6,7 @@ With ``[[input.sources]]`` every topic is one source giving some of the model's
 features (by name: the model's ``feature_names``, else the sources' order).
 :class:`SourceStepper` keeps, per stream, the latest value of every source; a
 message on a trigger source steps the model once with the latest value of
-every source, through the same :class:`~lstm_stream.core.stepper.StreamStepper`
+every source, through the same :class:`~lstm_stream.core.step.stepper.StreamStepper`
 as a single-topic runner.
 
 Freshness: the age of each source is measured against the trigger message's
@@ -32,17 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from lstm_stream.core.config import SourceConfig
-from lstm_stream.core.errors import ConfigError
-from lstm_stream.core.protocol import (
+from lstm_stream.core.state.store import StateStore
+from lstm_stream.core.step.stepper import Stepped, StreamStepper
+from lstm_stream.core.wire.protocol import (
     STALE_SEQ,
     Rejection,
     RejectReason,
     SensorDecoder,
     SensorMessage,
 )
-from lstm_stream.core.state import StateStore
-from lstm_stream.core.stepper import Stepped, StreamStepper
 
 UNKNOWN_TOPIC = RejectReason.UNKNOWN_TOPIC
 WAITING = "waiting"  # diagnostic event: a trigger arrived before every source was seen
@@ -68,44 +66,6 @@ class Source:
     rate_hz: float  # expected rate, for health
     max_age_ns: int
     trigger: bool
-
-
-def resolve_sources(specs: Sequence[SourceConfig], model_features: tuple[str, ...] | None,
-                    n_features: int) -> list[Source]:
-    """Map each ``[[input.sources]]``'s features onto the model's ``x``; every problem
-    is a ConfigError that names the field and the fix."""
-    names = [f for spec in specs for f in spec.features]
-    seen: dict[str, str] = {}
-    for spec in specs:
-        for name in spec.features:
-            if name in seen:
-                raise ConfigError(f"input.sources: feature {name!r} is given by both "
-                                  f"{seen[name]!r} and {spec.topic!r}; each feature must come "
-                                  "from one source.", field="input.sources")
-            seen[name] = spec.topic
-    if model_features is not None:
-        missing = [f for f in model_features if f not in seen]
-        unknown = [f for f in names if f not in model_features]
-        if missing or unknown:
-            raise ConfigError(
-                "input.sources: the sources' features must be the model's features "
-                f"({', '.join(model_features)}); " + "; ".join(
-                    part for part in (
-                        f"no source gives {missing}" if missing else "",
-                        f"the model has no feature {unknown}" if unknown else "") if part)
-                + ". Fix the features lists (`lstm-stream info MODEL` shows the model's).",
-                field="input.sources")
-        order = list(model_features)
-    else:
-        if len(names) != n_features:
-            raise ConfigError(f"input.sources: the sources give {len(names)} features "
-                              f"({', '.join(names)}) but the model takes {n_features}, and it "
-                              "declares no feature_names to match them by; list exactly "
-                              f"{n_features} features, in the model's order.",
-                              field="input.sources")
-        order = names
-    return [Source(spec.topic, tuple(spec.features), tuple(order.index(f) for f in spec.features),
-                   spec.rate_hz, int(spec.max_age_ms * 1e6), spec.trigger) for spec in specs]
 
 
 @dataclass(slots=True)

@@ -21,10 +21,10 @@ from typing import Any, Protocol
 import msgpack
 import numpy as np
 
-from lstm_stream.core.batch import encode_batch_columns, encode_batch_output
-from lstm_stream.core.protocol import Rejection, encode_output
-from lstm_stream.core.state import StateStore, Stream
-from lstm_stream.core.stepper import BatchStepped, SteadyRows, Stepped, StreamStepper
+from lstm_stream.core.state.store import StateStore, Stream
+from lstm_stream.core.step.stepper import BatchStepped, SteadyRows, Stepped, StreamStepper
+from lstm_stream.core.wire.batch_message import encode_batch_columns, encode_batch_output
+from lstm_stream.core.wire.protocol import Rejection, encode_output
 
 STREAM_EXPIRED = "stream_expired"  # the diagnostic event of a stream forgotten when idle
 

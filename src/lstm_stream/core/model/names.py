@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lstm_stream.core.onnx_proto import OnnxModel, ValueInfo
+from lstm_stream.core.model.onnx_proto import OnnxModel, ValueInfo
 
 # torch.nn.LSTM/GRU users name the state they pass in and get back like this
 TORCH_STATE_NAMES = {"h0": "hn", "c0": "cn", "h_0": "h_n", "c_0": "c_n"}

@@ -36,8 +36,13 @@ import numpy as np
 
 from lstm_stream import __version__
 from lstm_stream.core.errors import SnapshotError
-from lstm_stream.core.snapshot_files import MAGIC, keep_aside, require_snapshot_file, write_atomic
-from lstm_stream.core.state import (
+from lstm_stream.core.state.snapshot_files import (
+    MAGIC,
+    keep_aside,
+    require_snapshot_file,
+    write_atomic,
+)
+from lstm_stream.core.state.store import (
     CONTROL,
     IDLE,
     RESET_REASONS,

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from lstm_stream.core.backends import BACKENDS, BackendName
-from lstm_stream.core.model_io import ModelIO
-from lstm_stream.core.toml_config import check as _check
-from lstm_stream.core.toml_config import load_config
+from lstm_stream.core.config.toml_load import check as _check
+from lstm_stream.core.config.toml_load import load_config
+from lstm_stream.core.model.names import ModelIO
 
 STATE_LAYOUTS = ("", "layers_batch_hidden", "batch_layers_hidden")
-STALE_POLICIES = ("flag", "skip", "hold")  # core/sources.py's StalePolicy
+STALE_POLICIES = ("flag", "skip", "hold")  # core/step/sources.py's StalePolicy
 
 _ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
 _LOOPBACK_HOSTS = ("localhost", "::1", "[::1]", "lo")
@@ -113,7 +113,7 @@ class InputConfig:
     zmq_max_message_bytes: int = 1048576  # ZMQ_MAXMSGSIZE: peer disconnected above this
     rcvhwm: int = 10000
     busy_poll_us: int = 0  # keep polling this long after a message instead of sleeping
-    # several sensors on several topics, assembled into the model's x (core/sources.py);
+    # several sensors on several topics, assembled into the model's x (core/step/sources.py);
     # [] = every message carries the whole feature vector
     sources: list[SourceConfig] = field(default_factory=list)
 
@@ -169,7 +169,7 @@ class OutputConfig:
 
 @dataclass
 class FreshnessConfig:
-    """What a trigger does when a source is older than its max_age_ms (core/sources.py)."""
+    """What a trigger does when a source is older than its max_age_ms (core/step/sources.py)."""
 
     stale: str = "flag"  # flag: step and say so | skip: do not step | hold: last fresh value
 

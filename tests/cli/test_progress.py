@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from lstm_stream.core.progress import TerminalProgress
+from lstm_stream.cli.progress import TerminalProgress
 
 
 class FakeTty(io.StringIO):

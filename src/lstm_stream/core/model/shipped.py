@@ -3,7 +3,7 @@
 ``serve``'s default model (``models/random_lstm.onnx``) and the demo's
 (``models/lane_keep_lstm.onnx``) are package data (``lstm_stream/models/``);
 the repository's ``models/`` holds symbolic links to them. The rule, applied
-wherever a model path is read (:func:`lstm_stream.core.contract.load_contract`):
+wherever a model path is read (:func:`lstm_stream.core.model.contract.load_contract`):
 
 - a path that exists is used as given (a user's own ``models/random_lstm.onnx``
   wins);
@@ -19,7 +19,7 @@ from pathlib import Path, PurePath
 
 log = logging.getLogger(__name__)
 
-SHIPPED_DIR = Path(__file__).resolve().parents[1] / "models"
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "models"  # lstm_stream/models
 SHIPPED = ("random_lstm.onnx", "lane_keep_lstm.onnx")
 
 

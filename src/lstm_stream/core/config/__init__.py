@@ -1,0 +1,1 @@
+"""The runner's configuration: dataclasses from TOML, overrides and validation."""

@@ -1,0 +1,1 @@
+"""Every stream's recurrent state: the store, and its snapshots on disk."""

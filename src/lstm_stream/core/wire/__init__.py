@@ -1,0 +1,1 @@
+"""The wire: sensor messages, batch messages, outputs, their JSON form and shards."""
