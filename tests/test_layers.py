@@ -1,8 +1,8 @@
 """The direction of imports between the layers (pyproject.toml's [tool.importlinter]),
 no import cycles, and no function-local imports of the package's own modules.
 
-`lint-imports` checks the package as it is, and a copy of it with one import that goes
-up a layer, to show the check can fail.
+`lint-imports` checks the package as it is, and copies of it with one import that goes
+up a layer (of the package, or of core's own sub-packages), to show the check can fail.
 """
 
 from __future__ import annotations
@@ -30,25 +30,63 @@ def lint(src: Path) -> subprocess.CompletedProcess[str]:
 def test_every_layer_imports_only_from_the_layers_below() -> None:
     done = lint(REPO / "src")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 kept, 0 broken" in done.stdout
+    assert "2 kept, 0 broken" in done.stdout  # the package's layers, and core's
 
 
-def test_a_core_module_importing_serve_breaks_the_contract(tmp_path: Path) -> None:
+def copy_with_import(tmp_path: Path, module: str, statement: str) -> Path:
+    """A copy of the package in ``tmp_path`` whose ``module`` (a path under lstm_stream/)
+    ends with ``statement``; returns the directory to put on the path."""
     package = tmp_path / "lstm_stream"
     shutil.copytree(REPO / "src" / "lstm_stream", package,
                     ignore=shutil.ignore_patterns("__pycache__", "models", "data"))
-    state = package / "core" / "state" / "store.py"
-    state.write_text(state.read_text() + "\nfrom lstm_stream.serve import runner  # noqa\n")
-    done = lint(tmp_path)
+    path = package / module
+    path.write_text(path.read_text() + f"\n{statement}  # noqa\n")
+    return tmp_path
+
+
+def test_a_core_module_importing_serve_breaks_the_contract(tmp_path: Path) -> None:
+    done = lint(copy_with_import(tmp_path, "core/state/store.py",
+                                 "from lstm_stream.serve import runner"))
     assert done.returncode != 0
     assert "lstm_stream.core is not allowed to import lstm_stream.serve" in done.stdout
 
 
-# The only function-local imports of the package's own modules: modules whose whole
-# job is an optional dependency (torch, ray), loaded only when asked for.
+def test_a_wire_module_importing_the_state_store_breaks_cores_contract(tmp_path: Path) -> None:
+    done = lint(copy_with_import(tmp_path, "core/wire/shard.py",
+                                 "from lstm_stream.core.state import store"))
+    assert done.returncode != 0
+    assert "core: config > step > state | backends > model > wire BROKEN" in done.stdout
+    assert ("lstm_stream.core.wire is not allowed to import lstm_stream.core.state"
+            in done.stdout)
+    assert "lstm_stream.core.wire.shard -> lstm_stream.core.state.store" in done.stdout
+
+
+def test_logs_importing_serve_breaks_the_contract_as_they_are_siblings(tmp_path: Path) -> None:
+    done = lint(copy_with_import(tmp_path, "logs/format.py",
+                                 "from lstm_stream.serve import client"))
+    assert done.returncode != 0
+    assert "lstm_stream.logs is not allowed to import lstm_stream.serve" in done.stdout
+
+
+# The only function-local imports of the package's own modules: modules that import an
+# optional dependency (torch, ray, mcap) at their top, loaded only when asked for. The CLI
+# handlers import them under cli/extras.py's needs_extra, which names what to install.
 LOCAL_OWN_IMPORTS = {
     ("evaluate/check.py", "lstm_stream.core.backends.torch"),  # check --torch
     ("evaluate/fleet.py", "lstm_stream.evaluate.ray"),  # eval --ray
+    ("cli/bench.py", "lstm_stream.bench.evalbench"),  # bench --eval: mcap
+    ("cli/log_command.py", "lstm_stream.logs.foxglove"),  # log export: mcap
+    ("cli/log_command.py", "lstm_stream.logs.info"),  # log info: mcap
+    ("cli/log_command.py", "lstm_stream.logs.recover"),  # log recover: mcap
+    ("cli/log_command.py", "lstm_stream.logs.rosbag"),  # log info: mcap (and rosbags)
+    ("cli/record_replay_eval.py", "lstm_stream.evaluate.compare"),  # eval: mcap
+    ("cli/record_replay_eval.py", "lstm_stream.evaluate.fleet"),  # eval: mcap
+    ("cli/record_replay_eval.py", "lstm_stream.logs.record"),  # record: mcap
+    ("cli/record_replay_eval.py", "lstm_stream.logs.replay"),  # replay: mcap
+    ("cli/train.py", "lstm_stream.train.data"),  # train: torch, mcap
+    ("cli/train.py", "lstm_stream.train.distributed"),  # train: torch
+    ("cli/train.py", "lstm_stream.train.export"),  # train, export: torch
+    ("cli/train.py", "lstm_stream.train.loop"),  # train: torch
 }
 
 

@@ -33,6 +33,7 @@ import msgpack
 import numpy as np
 import zmq
 
+from lstm_stream.core.plotting import pyplot
 from lstm_stream.core.wire.protocol import encode_sensor
 from lstm_stream.serve.client import ControlError, VehicleStack, control_request
 
@@ -195,11 +196,7 @@ def soak(model: str, duration_s: float, streams: int, rate_hz: float, window_s: 
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("soak.png")
     w = report["windows"]
     t = [r["t_s"] for r in w]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)

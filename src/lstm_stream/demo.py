@@ -23,7 +23,6 @@ simulator published, exactly what ``lstm-stream record`` would have logged.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,11 +38,10 @@ from lstm_stream.core.backends.numpy import NumpyBackend
 from lstm_stream.core.errors import LogError, LstmStreamError
 from lstm_stream.core.model.contract import ModelContract, load_contract
 from lstm_stream.core.model.shipped import resolve_model_path
+from lstm_stream.core.plotting import pyplot
+from lstm_stream.logs.format import DIAGNOSTICS_TOPIC
 from lstm_stream.procs import runner_process
 from lstm_stream.serve.client import ControlError, VehicleStack, control_request
-
-log = logging.getLogger(__name__)
-
 
 # ----------------------------------------------------------------------------- the drive file
 
@@ -271,7 +269,7 @@ def _await_output(stack: VehicleStack, stream: str, seq: int,
                             f"{timeout_s:g} s: the runner is not answering.") from err
         if out.get("stream") != stream or out.get("seq") != seq:
             continue
-        if topic == "diagnostics":
+        if topic == DIAGNOSTICS_TOPIC:
             raise DemoError(f"The runner rejected stream {stream!r} seq {seq}: "
                             f"{out.get('reason')}: {out.get('detail')}.")
         return out
@@ -279,14 +277,7 @@ def _await_output(stack: VehicleStack, stream: str, seq: int,
 
 def write_demo_plot(path: str | Path, report: DemoReport) -> None:
     """Steering over drive time per stream: expert, served, reset before every message."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise DemoError("--plot needs matplotlib: pip install matplotlib (or the [logs] extra)."
-                        ) from err
+    plt = pyplot("--plot", DemoError)
     streams = report.streams()
     fig, axes = plt.subplots(len(streams), 1, figsize=(10, 2.8 * len(streams)), squeeze=False)
     for ax, stream in zip(axes[:, 0], streams, strict=True):

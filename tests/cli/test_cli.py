@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.support import REPO, VehicleStack, serve_process
+from helpers.support import REPO, VehicleStack, run_python, serve_process
 
 MODEL = REPO / "models" / "random_lstm.onnx"
 
@@ -103,6 +103,59 @@ def test_demo_runs_and_outputs_match_the_reference(tmp_path: Path) -> None:
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+# -- an edge install: no optional package ----------------------------------------------------
+
+# Every package of an extra (pyproject.toml) that the library imports.
+OPTIONAL = ("torch", "mcap", "zstandard", "lz4", "matplotlib", "sklearn", "onnx", "onnxscript",
+            "ray", "rosbags", "foxglove", "websockets", "highway_env", "gymnasium")
+
+WITHOUT_OPTIONAL = f"""
+import argparse, contextlib, io, json, sys
+for name in {OPTIONAL!r}:
+    sys.modules[name] = None  # any import of it now raises ImportError
+from lstm_stream.cli.main import build_parser, main
+
+def commands(parser, path):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield path + [name]
+                yield from commands(sub, path + [name])
+
+helps = {{}}
+for command in [[], *commands(build_parser(), [])]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        main([*command, "--help"])
+    helps[" ".join(command)] = out.getvalue().startswith("usage: lstm-stream")
+errors = {{}}
+for command in (["export", "best.pt", "-o", "m.onnx"], ["log", "info", "x.mcap"],
+                ["bench", "--eval", "pyproject.toml"]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(command)
+    errors[command[0]] = [code, err.getvalue()]
+print(json.dumps({{"helps": helps, "errors": errors}}))
+"""
+
+
+def test_every_help_works_without_the_optional_packages_and_a_command_names_its_extra() -> None:
+    # Every cli/ module is imported when the CLI starts: none may import an optional
+    # package at module level, and a command that needs one says what to install.
+    done = run_python(WITHOUT_OPTIONAL)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert {"serve", "train", "record", "eval", "log info", "bench", "keys"} <= set(
+        found["helps"])
+    assert all(found["helps"].values()), found["helps"]
+    assert found["errors"]["export"] == [1, "lstm-stream export: error: Export needs torch: "
+                                         "pip install torch==2.13.0.\n"]
+    assert found["errors"]["log"][0] == 1
+    assert "'mcap' package" in found["errors"]["log"][1]
+    assert "pip install 'lstm-stream[logs]'" in found["errors"]["log"][1]
+    assert "--eval needs the 'mcap' package" in found["errors"]["bench"][1]
+
+
 # -- what the CLI tells a user to type must exist -------------------------------------------
 
 # Modules whose messages every one of these commands prints: an option they name must
@@ -116,6 +169,7 @@ SHARED_BY = {
     "evaluate/run.py": ("eval",),
     "evaluate/json_output.py": ("eval",),
     "evaluate/options.py": ("eval",),
+    "evaluate/fleet.py": ("eval",),
     "evaluate/score.py": ("eval",),
     "logs/rosbag.py": ("eval", "train"),
     "evaluate/compare.py": ("eval",),
@@ -127,6 +181,7 @@ SHARED_BY = {
     "core/model/names.py": ("serve", "eval", "info", "check"),
     "core/backends/torch.py": ("check",),
     "core/backends/onnxruntime.py": ("serve", "eval"),
+    "cli/model_io.py": ("serve", "info", "check", "eval"),
 }
 # Modules that hold the texts of several commands: an option must exist in one of them.
 ONE_OF = {
@@ -139,8 +194,8 @@ ONE_OF = {
     "serve/liveview.py": ("serve",),
     "demo.py": ("demo", "serve"),
     "procs.py": ("serve",),
-    "cli/logs.py": ("record", "replay", "eval"),
-    "cli/logfile.py": ("log info", "log export", "log recover"),
+    "cli/record_replay_eval.py": ("record", "replay", "eval"),
+    "cli/log_command.py": ("log info", "log export", "log recover"),
     "logs/replay.py": ("replay", "serve"),
     "serve/security/": ("keys generate", "control"),
     "sim/": ("record", "serve"),

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from lstm_stream.core.wire.protocol import (
     CONTROL_COMMANDS,
     REJECTION_REASONS,
+    ControlCommand,
     ControlRequest,
+    Invalid,
     Rejection,
     SensorDecoder,
     SensorMessage,
@@ -76,7 +78,7 @@ def test_generated_malformed_messages_are_all_rejected(seed: int, noise: bytes) 
         category, frames, reason = gen.malformed()
         got = decoder.decode(frames)
         if category == "stale seq":
-            continue  # well-formed: the state store rejects it (tests/core/test_state.py)
+            continue  # well-formed: the state store rejects it (tests/core/state/test_state.py)
         assert isinstance(got, Rejection), (category, frames[:1])
         assert reason is None or got.reason == reason, (category, got)
 
@@ -96,20 +98,22 @@ def test_control_parser_never_raises(raw: bytes) -> None:
         if got.cmd == "reset" and got.stream is None:
             assert "stream" not in body
     else:
-        assert isinstance(got, str) and got
+        assert isinstance(got, Invalid) and got.detail and got.reason in REJECTION_REASONS
 
 
 def test_control_parser_shapes() -> None:
     def packed(v: object) -> bytes:
         return msgpack.packb(v, use_bin_type=True)
 
-    assert decode_control_request(packed({"cmd": "reset"})) == ControlRequest("reset")
+    assert decode_control_request(packed({"cmd": "reset"})) == \
+        ControlRequest(ControlCommand.RESET)
     assert decode_control_request(packed({"cmd": "reset", "stream": "a"})) == \
-        ControlRequest("reset", "a")
-    assert "'stream' must be a string" in str(
-        decode_control_request(packed({"cmd": "reset", "stream": None})))
-    assert "unknown cmd" in str(decode_control_request(packed({"cmd": "x" * 1000})))
-    assert len(str(decode_control_request(packed({"cmd": "x" * 1000})))) < 200
+        ControlRequest(ControlCommand.RESET, "a")
+    nil = decode_control_request(packed({"cmd": "reset", "stream": None}))
+    assert isinstance(nil, Invalid) and "'stream' must be a string" in nil.detail
+    long = decode_control_request(packed({"cmd": "x" * 1000}))
+    assert isinstance(long, Invalid) and "unknown cmd" in long.detail
+    assert len(long.detail) < 200
 
 
 def test_live_runner_survives_fuzzing_and_valid_outputs_are_bit_identical() -> None:

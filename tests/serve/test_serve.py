@@ -375,7 +375,8 @@ def test_a_burst_of_many_streams_is_batched_in_order_and_exact(stack: VehicleSta
     batches (status: fewer backend calls than steps), every stream's outputs arrive
     in seq order, and each equals, bit for bit, stepping one message at a time."""
     from lstm_stream.core.backends import create_backend
-    from lstm_stream.core.step.stepper import Stepped, StreamStepper
+    from lstm_stream.core.step.results import Stepped
+    from lstm_stream.core.step.stepper import StreamStepper
 
     contract = load_contract(MODEL)
     unbatched = StreamStepper(contract, create_backend("onnxruntime", contract))

@@ -12,7 +12,6 @@ output has arrived (as fast as possible, one in flight).
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 import subprocess
@@ -33,7 +32,6 @@ from lstm_stream.core.errors import LstmStreamError
 from lstm_stream.procs import free_endpoint, stop_process
 from lstm_stream.serve.client import control_request
 
-log = logging.getLogger(__name__)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

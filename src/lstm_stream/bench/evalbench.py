@@ -44,6 +44,7 @@ from lstm_stream.evaluate import parallel
 from lstm_stream.evaluate.fleet import evaluate
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.evaluate.run import PENDING_MAX
+from lstm_stream.logs.format import POLICY_TOPIC
 from lstm_stream.logs.reader import LogReader
 from lstm_stream.logs.writer import LogWriter
 
@@ -172,24 +173,20 @@ def where_the_time_goes(log: Path, model: str, batch: int, work: Path) -> dict[s
     # does not pay.
     stepper = StreamStepper(contract, create_backend(BackendName.ONNXRUNTIME, contract))
     sink = _Payloads()
-    output, clock = Emitter(stepper, sink).output, time.perf_counter_ns
+    emit, clock = Emitter(contract, sink).emit, time.perf_counter_ns
     encode_ns = 0
-
-    def encode(result: Any, t: int) -> None:
-        nonlocal encode_ns
-        started = clock()
-        output(result, 0, t)
-        encode_ns += clock() - started
-
     started = time.perf_counter()
     for i in range(0, len(items), PENDING_MAX):
-        stepper.step_many(items[i:i + PENDING_MAX], encode, max_batch=batch)
+        for outcome, t in stepper.step_many(items[i:i + PENDING_MAX], max_batch=batch):
+            began = clock()
+            emit(outcome, t)
+            encode_ns += clock() - began
     encode_s = encode_ns / 1e9
     step_s = time.perf_counter() - started - encode_s
     started = time.perf_counter()
     with LogWriter(work / "written.mcap") as writer:
         for payload, t, stamp in sink.outputs:
-            writer.write("policy", payload, t, t if stamp is None else stamp)
+            writer.write(POLICY_TOPIC, payload, t, t if stamp is None else stamp)
     write_s = time.perf_counter() - started
     n = max(1, len(items))
     parts = {"read the log": read_s, "decode + admit + step + commit": step_s,

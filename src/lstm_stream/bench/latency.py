@@ -5,7 +5,6 @@ Rendering (text, plot, raw arrays) is in report.py.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +18,6 @@ from lstm_stream.bench.startup import startup_suite
 from lstm_stream.bench.step import RUNNER_PATH, has_torch, step_suite
 from lstm_stream.core.model.contract import load_contract
 from lstm_stream.core.progress import NullProgress, Progress
-
-log = logging.getLogger(__name__)
 
 FLOOR_A = "echo"  # bare ZeroMQ echo: receive, decode, encode, send
 FLOOR_B = "floor b: bare InferenceSession.run"

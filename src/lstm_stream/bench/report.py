@@ -23,6 +23,7 @@ from lstm_stream.bench.results import (
 )
 from lstm_stream.bench.step import RUNNER_PATH
 from lstm_stream.bench.throughput import GENERATOR_BOUND_WAIT, KNOWN_SERVERS, LABELS
+from lstm_stream.core.plotting import pyplot
 
 QS = ("p50", "p90", "p99", "p99.9", "max")  # the latency columns of every table
 
@@ -141,11 +142,7 @@ def save_raw(report: BenchReport, path: str | Path) -> None:
 
 def plot(report: BenchReport, path: str | Path) -> None:
     """Latency CDF per configuration (log x), one panel per rate."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("--plot")
     rates = sorted({r["rate_hz"] for r in report.e2e}, key=lambda r: (r == 0, r))
     fig, axes = plt.subplots(1, len(rates), figsize=(5.5 * len(rates), 4.2), squeeze=False)
     for ax, rate in zip(axes[0], rates, strict=True):
@@ -283,11 +280,7 @@ def _target_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 def plot_throughput(report: ThroughputReport, path: str | Path) -> None:
     """Steps/s against streams (log-log), one line per server, floor (b') dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("--plot")
     fig, ax = plt.subplots(figsize=(10, 4.8))
     transports = sorted({r["transport"] for r in report.throughput})
     for transport in transports:

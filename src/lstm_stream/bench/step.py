@@ -20,7 +20,8 @@ from lstm_stream.core.backends import BackendName, create_backend
 from lstm_stream.core.backends.onnxruntime import session_options
 from lstm_stream.core.errors import BackendError
 from lstm_stream.core.model.contract import ModelContract
-from lstm_stream.core.step.stepper import Stepped, StreamStepper
+from lstm_stream.core.step.results import Stepped
+from lstm_stream.core.step.stepper import StreamStepper
 from lstm_stream.core.wire.protocol import encode_output, encode_sensor
 
 RUNNER_PATH = "runner in process: decode + state + step + encode"

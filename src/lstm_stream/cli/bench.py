@@ -4,7 +4,6 @@ and with ``--throughput`` the steps per second one runner sustains for many stre
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
 import json
 import sys
@@ -185,12 +184,7 @@ def _write_plot(plotter: Callable[[Any, str], None], report: BenchReport | Throu
                 path: str | None, out: TextIO) -> int:
     if not path:
         return 0
-    try:
-        plotter(report, path)
-    except ImportError:
-        print("lstm-stream bench: --plot needs matplotlib (pip install matplotlib)",
-              file=sys.stderr)
-        return 1
+    plotter(report, path)  # without matplotlib: an error that says what to install
     print(f"wrote {path}", file=out)
     return 0
 
@@ -224,14 +218,14 @@ def _eval(args: argparse.Namespace) -> int:
     if log is not None and not log.is_file():
         return _error(f"--eval {args.eval!r}: no such log file")
     try:  # reads and writes MCAP logs: the [logs] extra, imported only here
-        evalbench = importlib.import_module("lstm_stream.bench.evalbench")
+        from lstm_stream.bench.evalbench import eval_suite
     except ModuleNotFoundError as err:
-        if (err.name or "").split(".")[0] not in ("mcap", "zstandard", "lz4"):
+        missing = (err.name or "").split(".")[0]  # the package to install, not mcap.records
+        if missing not in ("mcap", "zstandard", "lz4"):
             raise
-        return _error(f"--eval needs the {err.name!r} package: pip install 'lstm-stream[logs]'")
-    report = evalbench.eval_suite(args.model, log, streams=streams, steps=steps,
-                                  ceiling_rounds=1 if args.quick else 3,
-                                  progress=TerminalProgress())
+        return _error(f"--eval needs the {missing!r} package: pip install 'lstm-stream[logs]'")
+    report = eval_suite(args.model, log, streams=streams, steps=steps,
+                        ceiling_rounds=1 if args.quick else 3, progress=TerminalProgress())
     out = _text_stream(args)
     print(render_eval(report), file=out)
     if args.json:

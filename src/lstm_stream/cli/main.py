@@ -7,7 +7,6 @@ LstmStreamError become one readable line on stderr and the exit code they carry.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -17,7 +16,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lstm_stream import __version__
+from lstm_stream.cli import bench, keys, log_command, record_replay_eval, train
 from lstm_stream.cli.info import describe, render
+from lstm_stream.cli.model_io import add_model_io_options, model_io_overrides
 from lstm_stream.core.backends import BackendName
 from lstm_stream.core.config.runner import load_runner_config
 from lstm_stream.core.errors import LstmStreamError
@@ -29,11 +30,12 @@ from lstm_stream.serve.security.curve import ClientKeys
 
 log = logging.getLogger("lstm_stream.cli.main")
 
-# Modules that add subcommands with ``add_commands(subparsers)``. Each must import
-# nothing heavy at module level (torch, mcap, matplotlib are imported inside
-# handlers), so that `lstm-stream --help` works on an edge install.
-COMMAND_MODULES = ("lstm_stream.cli.train", "lstm_stream.cli.logs", "lstm_stream.cli.logfile",
-                   "lstm_stream.cli.bench", "lstm_stream.cli.keys")
+# Modules that add subcommands with ``add_commands(subparsers)``. Each is imported
+# when the CLI starts, so each must import no optional dependency at module level
+# (torch, mcap, matplotlib, ... are imported when a handler runs, with the extra to
+# install as the error), so that `lstm-stream --help` works on an edge install;
+# tests/cli/test_cli.py checks every subcommand's --help with them all missing.
+COMMAND_MODULES = (train, record_replay_eval, log_command, bench, keys)
 
 SERVE_EPILOG = """\
 examples:
@@ -89,13 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check(sub)
     _add_control(sub)
     _add_demo(sub)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name is not None and name.startswith(err.name):
-                continue  # that part of the product is not in this tree
-            raise
+    for module in COMMAND_MODULES:
         module.add_commands(sub)
     return parser
 
@@ -132,48 +128,6 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.FIELD=VALUE", help="override any config option; repeatable")
     p.set_defaults(handler=_serve)
-
-
-def add_model_io_options(p: argparse.ArgumentParser) -> None:
-    """``--io`` and ``--state``: the model's own names (sets ``model.io``)."""
-    p.add_argument("--io", metavar="x=INPUT,y=OUTPUT", type=_io_arg,
-                   help="the model's own names for its feature input and policy output, "
-                   "e.g. --io x=obs,y=action (model.io.x, model.io.y)")
-    p.add_argument("--state", dest="state_pairs", action="append", default=[],
-                   metavar="IN=OUT", type=_pair_arg, help="a state input and the output that "
-                   "returns it, e.g. --state h0=hn --state c0=cn; repeatable (model.io.states)")
-
-
-def model_io_overrides(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
-    """``--io``/``--state`` as config overrides, and the labels that name them in errors."""
-    overrides: list[str] = []
-    labels: dict[str, str] = {}
-    for key, value in (args.io or {}).items():
-        overrides.append(f"model.io.{key}={json.dumps(value)}")
-        labels[f"model.io.{key}"] = "--io"
-    if args.state_pairs:
-        table = ", ".join(f"{json.dumps(i)} = {json.dumps(o)}" for i, o in args.state_pairs)
-        overrides.append(f"model.io.states={{{table}}}")
-        labels["model.io.states"] = "--state"
-    return overrides, labels
-
-
-def _io_arg(text: str) -> dict[str, str]:
-    out = {}
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        if not sep or key.strip() not in ("x", "y") or not value.strip():
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not x=INPUT,y=OUTPUT (either or both), e.g. x=obs,y=action")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def _pair_arg(text: str) -> tuple[str, str]:
-    name, sep, out = text.partition("=")
-    if not sep or not name.strip() or not out.strip():
-        raise argparse.ArgumentTypeError(f"{text!r} is not IN=OUT, e.g. h0=hn")
-    return name.strip(), out.strip()
 
 
 def _shard_arg(text: str) -> tuple[int, int]:

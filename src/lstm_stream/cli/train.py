@@ -1,7 +1,7 @@
 """``lstm-stream train`` and ``lstm-stream export``: thin handlers over the training library.
 
 The training modules (torch, and mcap for logs) are imported by the handlers
-through :func:`_train_module` only, so that ``lstm-stream --help`` works on an
+only, under :func:`_train_extra`, so that ``lstm-stream --help`` works on an
 edge install without the ``[train]`` extra, and a missing extra is one clear
 error.
 """
@@ -9,14 +9,14 @@ error.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+from lstm_stream.cli.extras import needs_extra
 from lstm_stream.cli.progress import TerminalProgress
 from lstm_stream.core.errors import TrainingError
 from lstm_stream.train.config import load_train_config
@@ -61,24 +61,20 @@ def add_commands(sub: Any) -> None:
     e.set_defaults(handler=_export)
 
 
-def _train_module(name: str, hint: str) -> ModuleType:
-    """A module of ``lstm_stream.train``, with ``hint`` as the error when the [train]
-    extra (torch above all) is missing."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as err:
-        if (err.name or "").split(".")[0] in TRAIN_EXTRA:
-            raise TrainingError(hint) from err
-        raise
+def _train_extra(hint: str) -> AbstractContextManager[None]:
+    """Around the import of modules of ``lstm_stream.train``: ``hint`` as the error when the
+    [train] extra (torch above all) is missing."""
+    return needs_extra(TRAIN_EXTRA, lambda _missing: TrainingError(hint))
 
 
 def _train(args: argparse.Namespace) -> int:
     config = load_train_config(args.config, args.overrides)  # fails before torch is loaded
     hint = "Training needs torch: pip install torch==2.13.0 && pip install -e '.[train]'."
-    load_dataset = _train_module("lstm_stream.train.data", hint).load_dataset
-    Distributed = _train_module("lstm_stream.train.distributed", hint).Distributed
-    export_checkpoint = _train_module("lstm_stream.train.export", hint).export_checkpoint
-    fit = _train_module("lstm_stream.train.loop", hint).fit
+    with _train_extra(hint):
+        from lstm_stream.train.data import load_dataset
+        from lstm_stream.train.distributed import Distributed
+        from lstm_stream.train.export import export_checkpoint
+        from lstm_stream.train.loop import fit
 
     log.info("config: %s", json.dumps(config.as_dict(), sort_keys=True))
     dataset = load_dataset(config)  # every data check runs before training starts
@@ -110,9 +106,8 @@ def _fmt(metrics: dict[str, float]) -> str:
 
 
 def _export(args: argparse.Namespace) -> int:
-    export_checkpoint = _train_module("lstm_stream.train.export",
-                                      "Export needs torch: pip install torch==2.13.0."
-                                      ).export_checkpoint
+    with _train_extra("Export needs torch: pip install torch==2.13.0."):
+        from lstm_stream.train.export import export_checkpoint
     worst = export_checkpoint(Path(args.checkpoint), Path(args.output), args.tolerance)
     print(f"exported {args.output} (max |step model - PyTorch| = {worst:.1e})")
     return 0

@@ -111,8 +111,7 @@ def _serve(contract: ModelContract, xs: np.ndarray) -> np.ndarray:
     for t in range(xs.shape[1]):  # a message of every sequence per tick, as a farm sends
         items = [([b"sensors", encode_sensor(t, xs[b, t], stream=f"seq{b}")], t)
                  for b in range(xs.shape[0])]
-        results.clear()
-        stepper.step_many(items, lambda r, _: results.append(r), max_batch=64)
+        results[:] = [outcome for outcome, _ in stepper.step_many(items, max_batch=64)]
         for b, result in enumerate(results):
             if isinstance(result, Rejection):
                 raise CheckError(f"The runner rejected sequence {b} step {t}: "

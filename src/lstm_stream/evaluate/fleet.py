@@ -16,7 +16,6 @@ from lstm_stream.core.errors import EvaluationError
 from lstm_stream.core.model.contract import load_contract
 from lstm_stream.core.progress import NullProgress, Progress
 from lstm_stream.evaluate import parallel, split
-from lstm_stream.evaluate.json_output import output_labels, rewrite_as_json
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.evaluate.report import write_report
 from lstm_stream.evaluate.results import EvalReport, LogResult, from_plain, gather
@@ -54,8 +53,12 @@ def evaluate(paths: Sequence[str | Path], options: EvalOptions, *, workers: int 
         results = gather([from_plain(out) for out in outputs])
     elif workers > 1 and len(paths) > 1:
         results = _evaluate_parallel(paths, options, workers, progress)
-    elif workers > 1:  # one log: its streams over the workers
+    elif workers > 1 and options.encoding != "json":  # one log: its streams over the workers
         results = [_evaluate_split(Path(paths[0]), options, workers, progress, sha)]
+    elif workers > 1:
+        log.info("eval: %s is evaluated in one process: --encoding json writes the outputs "
+                 "and the log's targets in one pass", paths[0])
+        results = [evaluate_log(paths[0], options, progress)]
     else:
         results = [evaluate_log(p, options, progress) for p in paths]
     report = EvalReport(results, options, sha)
@@ -75,11 +78,7 @@ def _evaluate_split(path: Path, options: EvalOptions, workers: int, progress: Pr
     parts = gather([from_plain(out) for out in outputs])
     reason = split.needs_one_piece(parts, options)
     if reason is None:
-        merged = split.merge(path, options, parts, output_metadata(path, options, sha))
-        if options.encoding == "json":
-            labels = output_labels(load_contract(options.model, options.model_io()))
-            rewrite_as_json(Path(merged.output), path, options, labels)
-        return merged
+        return split.merge(path, options, parts, output_metadata(path, options, sha))
     for part in parts:
         Path(part.output).unlink(missing_ok=True)
     log.warning("eval: %s is evaluated in one process: %s", path, reason)

@@ -1,33 +1,31 @@
 """``eval --encoding json``: an output file that Foxglove opens and plots with no setup.
 
-Eval writes its outputs as msgpack (what ``serve`` publishes and ``--reference``
-compares), then this module rewrites the file with logs/foxglove.py's export:
-JSON messages with a JSON schema per channel, ``outputs`` by the model's output
-names, ``reset_event`` and ``stale_count`` as numbers. With ``--target-topic``
-the log's targets are written into the same file on their own topic, with
-``outputs`` by the same names, so one Plot panel overlays ``/policy.outputs.steer``
-and ``/<target topic>.outputs.steer`` on the drive's timeline. A bag's targets
-(``--target-field``) become ``{"stream", "seq", "stamp_ns", "y"}`` first.
+:class:`JsonSink` is the sink eval's emitter writes to instead of the msgpack
+one: every output and diagnostic becomes a JSON message on a channel with a JSON
+schema (core/wire/json_form.py: ``outputs`` by the model's output names,
+``reset_event`` and ``stale_count`` as numbers). With ``--target-topic`` the
+log's targets, read once in the same pass, are written into the same file on
+their own topic with ``outputs`` by the same names, so one Plot panel overlays
+``/policy.outputs.steer`` and ``/<target topic>.outputs.steer`` on the drive's
+timeline. A bag's targets (``--target-field``) become ``{"stream", "seq",
+"stamp_ns", "y"}`` first.
+
+Messages are held until :meth:`JsonSink.drain`, which eval calls after each
+batch of steps, and written in log time order (a step's outputs at the time of
+its message, targets after the outputs of the same time), as an export of the
+msgpack file would order them.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
+import json
+from typing import Any
 
 import msgpack
 
 from lstm_stream.core.model.contract import ModelContract
-from lstm_stream.evaluate.options import EvalOptions
-from lstm_stream.logs import format as fmt
-from lstm_stream.logs.foxglove import export_foxglove
-from lstm_stream.logs.reader import LoggedMessage, LogReader
-from lstm_stream.logs.rosbag import RosBag, is_rosbag
-
-log = logging.getLogger(__name__)
+from lstm_stream.core.wire.json_form import SCHEMAS, convert
+from lstm_stream.logs.writer import LogWriter
 
 
 def output_labels(contract: ModelContract) -> list[str]:
@@ -35,61 +33,63 @@ def output_labels(contract: ModelContract) -> list[str]:
     return list(contract.output_names or (f"y{k}" for k in range(contract.n_outputs)))
 
 
-def rewrite_as_json(output: Path, log_path: Path, options: EvalOptions,
-                    output_names: list[str]) -> int:
-    """Rewrite the msgpack eval ``output`` of ``log_path`` in place as Foxglove JSON,
-    with the log's targets added; returns the messages written."""
-    # a fresh name beside it: no file of the user's is replaced while converting
-    handle, name = tempfile.mkstemp(prefix=output.name + ".", suffix=".msgpack",
-                                    dir=output.parent)
-    os.close(handle)
-    staged = Path(name)
-    output.replace(staged)
-    try:
-        meta = {**LogReader(staged).metadata.get(fmt.METADATA_NAME, {}), "encoding": "json"}
-        written = export_foxglove(staged, output, output_names=output_names,
-                                  extra=targets(log_path, options, output_names),
-                                  metadata=meta)
-    except BaseException:
-        output.unlink(missing_ok=True)
-        staged.replace(output)  # the msgpack outputs are kept, not lost
-        raise
-    staged.unlink()
-    log.info("eval: %s written as JSON for Foxglove (%d messages)", output, written)
-    return written
+class JsonSink:
+    """Writes the emitter's payloads, and the log's targets, as Foxglove JSON."""
 
+    def __init__(self, writer: LogWriter, output_topic: str, diagnostics_topic: str,
+                 output_names: list[str], *, target_key: str = "y",
+                 bag_targets: bool = False) -> None:
+        self._writer = writer
+        self._out_topic = output_topic
+        self._diag_topic = diagnostics_topic
+        self._names = output_names
+        self._target_key = target_key
+        self._bag_targets = bag_targets  # targets are a bag's fields: {"x": {name: value}}
+        # (log time, order, topic, body, publish time): written sorted by drain()
+        self._held: list[tuple[int, int, str, dict[str, Any], int]] = []
+        self.written = 0
 
-def targets(log_path: Path, options: EvalOptions,
-            output_names: list[str]) -> Iterator[LoggedMessage]:
-    """The log's target messages in log order, with ``y`` or ``outputs`` by name."""
-    topic = options.target_topic
-    if topic is None:
-        return
-    if is_rosbag(log_path):
-        bag = RosBag(log_path, (), options.bag_target(output_names), "--target-field",
-                     "--target-stream-field")
+    def output(self, payload: bytes, t_ns: int, stamp_ns: int | None) -> None:
+        self._hold(self._out_topic, payload, t_ns, t_ns if stamp_ns is None else stamp_ns)
+
+    def diagnostic(self, payload: bytes, t_ns: int) -> None:
+        self._hold(self._diag_topic, payload, t_ns, t_ns)
+
+    def message(self, topic: str, payload: bytes, t_ns: int) -> None:
+        self._hold(topic, payload, t_ns, t_ns)
+
+    def target(self, topic: str, data: bytes, log_time_ns: int, publish_time_ns: int) -> None:
+        """One target message of the log, with ``outputs`` by the model's output names."""
         try:
-            for msg in bag.messages([topic]):
-                body = msgpack.unpackb(msg.data)
-                y = [body["x"][n] for n in output_names]
-                data = msgpack.packb({"stream": body["stream"], "seq": body["seq"],
-                                      "stamp_ns": body["stamp_ns"], "y": y})
-                yield LoggedMessage(topic, msg.log_time_ns, msg.publish_time_ns, data,
-                                    msg.sequence)
-        finally:
-            bag.close()
-        return
-    key = options.target_key
-    for msg in LogReader(log_path).messages([topic]):
-        if key == "y":
-            yield msg  # the export adds outputs by name from y
-            continue
-        try:
-            body = msgpack.unpackb(msg.data, raw=False)
-            values = body[key]
-            body["outputs"] = dict(zip(output_names, values, strict=True))
-        except Exception:  # unusable targets were counted by scoring; shown as they are
-            yield msg
-            continue
-        yield LoggedMessage(topic, msg.log_time_ns, msg.publish_time_ns,
-                            msgpack.packb(body), msg.sequence)
+            body = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        except Exception:  # unusable targets were counted by scoring; not invented
+            return
+        if not isinstance(body, dict):
+            return
+        if self._bag_targets:
+            try:
+                body = {"stream": body["stream"], "seq": body["seq"],
+                        "stamp_ns": body["stamp_ns"],
+                        "y": [body["x"][n] for n in self._names]}
+            except (KeyError, TypeError):
+                return
+        elif self._target_key != "y":  # the conversion adds outputs by name from y
+            values = body.get(self._target_key)
+            if isinstance(values, list) and len(values) == len(self._names):
+                body["outputs"] = dict(zip(self._names, values, strict=True))
+        self._held.append((log_time_ns, 1, topic, body, publish_time_ns))
+
+    def drain(self) -> None:
+        """Write what is held, in log time order."""
+        held, self._held = self._held, []
+        held.sort(key=lambda m: (m[0], m[1]))
+        channel, write, names = self._writer.channel, self._writer.write, self._names
+        for log_time, _, topic, body, publish_time in held:
+            schema, plain = convert(body, names)
+            channel(topic, "json", schema=(schema, "jsonschema",
+                                           json.dumps(SCHEMAS[schema]).encode()))
+            write(topic, json.dumps(plain, allow_nan=False).encode(), log_time, publish_time)
+        self.written += len(held)
+
+    def _hold(self, topic: str, payload: bytes, t_ns: int, publish_ns: int) -> None:
+        self._held.append((t_ns, 0, topic, msgpack.unpackb(payload, raw=False), publish_ns))

@@ -10,6 +10,7 @@ from lstm_stream.core.backends import BackendName
 from lstm_stream.core.config.runner import SourceConfig
 from lstm_stream.core.errors import ConfigError
 from lstm_stream.core.model.names import ModelIO
+from lstm_stream.logs.format import DIAGNOSTICS_TOPIC, POLICY_TOPIC
 
 OUTPUT_SUFFIX = ".policy.mcap"
 ENCODINGS = ("msgpack", "json")  # of eval's output files (json: evaluate/json_output.py)
@@ -35,8 +36,8 @@ class EvalOptions:
     idle_timeout_s: float = 5.0
     max_gap: int = 0
     max_message_bytes: int = 65536
-    output_topic: str = "policy"
-    diagnostics_topic: str = "diagnostics"
+    output_topic: str = POLICY_TOPIC
+    diagnostics_topic: str = DIAGNOSTICS_TOPIC
     io: dict[str, Any] = field(default_factory=dict)  # ModelIO fields: the model's names
     # [[input.sources]] as dicts (SourceConfig fields): several topics assembled into x
     sources: list[dict[str, Any]] = field(default_factory=list)

@@ -1,7 +1,7 @@
 """The evaluation report: ``report.json``, a per-stream Markdown table, and plots.
 
-The plots need matplotlib (the ``[logs]`` extra); it is imported only when a
-report directory is asked for.
+The plots need matplotlib (the ``[logs]`` extra); core/plotting.py imports it only
+when a report directory is asked for.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 
 from lstm_stream.core.errors import EvaluationError
+from lstm_stream.core.plotting import pyplot
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.evaluate.results import HIST_EDGES, EvalReport
 from lstm_stream.evaluate.score import Series
 
 MAX_PLOTTED_STREAMS = 8
-INSTALL_HINT = "pip install 'lstm-stream[logs]'"
 
 
 def write_report(report: EvalReport, directory: Path) -> Path:
@@ -72,15 +72,7 @@ def _num(v: float | int | None) -> str:
 
 
 def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ModuleNotFoundError as err:
-        raise EvaluationError(f"The plots of --report need matplotlib: `{INSTALL_HINT}`, "
-                              "or leave out --report.") from err
-    matplotlib.use("Agg")  # files only; never a window
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot("--report", EvaluationError, otherwise="or leave out --report")
 
 
 def plot_predictions(path: Path, series: Series, options: EvalOptions,

@@ -3,10 +3,12 @@
 The sensor messages of a log go, in log order, through
 :class:`~lstm_stream.core.step.stepper.StreamStepper` (the code ``serve`` runs), with each
 message's log time as the clock: no sockets, no wall clock, no threads. What is
-written comes from :class:`~lstm_stream.core.step.emit.Emitter` into an MCAP sink,
-the code that publishes a live runner's outputs (``latency_ns`` is 0), to a new
-MCAP file with fixed writer options, so evaluating the same log with the same
-model twice gives byte-identical files.
+written comes from :class:`~lstm_stream.core.step.emit.Emitter`, the code that
+publishes a live runner's outputs (``latency_ns`` is 0), into an MCAP sink (msgpack,
+or Foxglove JSON with ``--encoding json``: json_output.py) writing a new MCAP file
+with fixed writer options, so evaluating the same log with the same model twice
+gives byte-identical files. The emitter counts, per stream too; this module keeps
+only what scoring and a split log's merge need (it is the emitter's listener).
 
 Many logs are dispatched by :mod:`lstm_stream.evaluate.fleet`; a worker process or
 a Ray task runs :func:`evaluate_log_plain`, plain data in and out.
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,13 @@ from lstm_stream.core.config.sources import resolve_sources
 from lstm_stream.core.errors import ConfigError, LstmStreamError
 from lstm_stream.core.model.contract import load_contract
 from lstm_stream.core.progress import NullProgress, Progress
-from lstm_stream.core.step.emit import Emitter
-from lstm_stream.core.step.sources import Held, SourceStepper, StalePolicy
-from lstm_stream.core.step.stepper import BatchStepped, Outcome, SteadyRows, Stepped, StreamStepper
+from lstm_stream.core.step.emit import Emitter, StreamCounts
+from lstm_stream.core.step.results import Outcome, SteadyRows, Stepped
+from lstm_stream.core.step.sources import SourceStepper, StalePolicy
+from lstm_stream.core.step.stepper import StreamStepper
 from lstm_stream.core.wire.protocol import Rejection
 from lstm_stream.evaluate import split
-from lstm_stream.evaluate.json_output import output_labels, rewrite_as_json
+from lstm_stream.evaluate.json_output import JsonSink, output_labels
 from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.evaluate.report import plot_predictions
 from lstm_stream.evaluate.results import LogFailure, LogOutcome, LogResult, StreamResult, to_plain
@@ -61,7 +63,7 @@ class _LogEvaluation:
                                      idle_timeout_s=options.idle_timeout_s,
                                      max_gap=options.max_gap,
                                      max_message_bytes=options.max_message_bytes)
-        self._step_frames: Callable[[list[bytes], int], Outcome | Held]
+        self._step_frames: Callable[[list[bytes], int], Outcome]
         self._step_frames = self.stepper.step
         self.sources: SourceStepper | None = None
         if options.sources:  # as serve does with [[input.sources]]
@@ -75,7 +77,6 @@ class _LogEvaluation:
         if options.shard:  # a part, merged into the output by evaluate/split.py
             out = out.with_name(f"{out.name}.part{options.shard[0]}of{options.shard[1]}")
         self.result = LogResult(str(path), str(out))
-        self.streams: dict[str, StreamResult] = {}
         self.scorer = Scorer(str(path), options.target_topic, options.target_key,
                              self.contract.n_outputs)
         self._outputs = self.contract.n_outputs
@@ -88,6 +89,9 @@ class _LogEvaluation:
         self._last_commit: dict[str, int] = {}  # stream -> log position of its last step
         self._default_stream = options.sources[0]["topic"] if options.sources else None
         self._housekeeping_at = 0  # log position of the message that ran housekeeping
+        self._at = 0  # log position of the message being emitted (a split log's keys)
+        self._emitter: Emitter | None = None
+        self._json: JsonSink | None = None
 
     def run(self, progress: Progress) -> LogResult:
         opts = self.options
@@ -132,10 +136,12 @@ class _LogEvaluation:
         # stream's messages stay in order), which gives what one at a time gives.
         batched = opts.batch > 1 and self.sources is None
         pending: list[tuple[list[bytes], int]] = []
+        if opts.encoding == "json" and self._shard is None:
+            meta = {**meta, "encoding": "json"}
         with LogWriter(out_path, metadata=meta) as writer:
-            emitter = Emitter(self.stepper, LogSink(writer, opts.output_topic,
-                                                    opts.diagnostics_topic))
-            emit = partial(self._emit, emitter)
+            emitter = self._emitter = Emitter(self.contract, self._sink(writer, reader),
+                                              listener=self, per_stream=True)
+            emit = self._emit
             for msg in reader.messages(wanted):
                 topic = sensor_set.get(msg.topic)
                 if topic is not None:
@@ -163,15 +169,22 @@ class _LogEvaluation:
                 elif self._shard is None or split.shard_of_owner(
                         split.owner(msg.data, None), self._shard[1]) == self._shard[0]:
                     self.scorer.target(msg.data, msg.sequence, msg.log_time_ns)
+                    if self._json is not None:
+                        self._json.target(msg.topic, msg.data, msg.log_time_ns,
+                                          msg.publish_time_ns)
                 done += 1
                 if done % PROGRESS_EVERY == 0:
                     progress.advance(PROGRESS_EVERY)
             self._flush(pending, emit)
         progress.advance(done % PROGRESS_EVERY)
         progress.close()
-        self.result.stepped = emitter.counters.stepped
+        counters = emitter.counters
+        self.result.stepped = counters.stepped
         self.result.backend_calls = self.stepper.calls
-        self.result.rejected = dict(emitter.counters.rejected)
+        self.result.rejected = dict(counters.rejected)
+        self.result.rejection_examples = dict(counters.examples)
+        self.result.streams = [_stream_result(name, counts) for name, counts
+                               in sorted((counters.streams or {}).items())]
         self.result.order_keys = self._keys or []
         self._score()
         return self.result
@@ -197,76 +210,60 @@ class _LogEvaluation:
         self.scorer.fields = names
         return opts.bag_target(names)
 
+    def _sink(self, writer: LogWriter, reader: LogReader | RosBag) -> LogSink | JsonSink:
+        opts = self.options
+        if opts.encoding != "json" or self._shard is not None:
+            return LogSink(writer, opts.output_topic, opts.diagnostics_topic)
+        self._json = JsonSink(writer, opts.output_topic, opts.diagnostics_topic,
+                              output_labels(self.contract), target_key=opts.target_key,
+                              bag_targets=isinstance(reader, RosBag))
+        return self._json
+
     def _flush(self, pending: list[tuple[list[bytes], int]],
-               emit: Callable[[Outcome | Held, int], None]) -> None:
+               emit: Callable[[Outcome, int], None]) -> None:
         if pending:
-            self.stepper.step_many(pending, emit, max_batch=self.options.batch)
+            for outcome, t in self.stepper.step_many(pending, max_batch=self.options.batch):
+                emit(outcome, t)
             pending.clear()
+        if self._json is not None:
+            self._json.drain()
 
-    def _emit(self, emitter: Emitter, out: Outcome | Held, t: int) -> None:
+    def _emit(self, out: Outcome, t: int) -> None:
         # What is written comes from the emitter, as serve publishes it (latency 0:
-        # offline, there is no machine to measure); the rest is eval's own bookkeeping.
+        # offline, there is no machine to measure); a split log's part also notes
+        # where each message it wrote goes in the whole (evaluate/split.py).
+        assert self._emitter is not None
         keys = self._keys
-        at = self._seqs.popleft() if keys is not None else 0
-        if type(out) is Stepped:
-            assert isinstance(out, Stepped)
-            emitter.output(out, 0, t)
-            self._stepped(out, t)
-            if keys is not None:
-                keys += (at, 1, 0)
-                self._last_commit[out.msg.stream] = at
-        elif type(out) is Rejection:
-            assert isinstance(out, Rejection)
-            emitter.rejection(out, t)
-            self._rejected(out)
-            if keys is not None:
-                keys += (at, 1, 0)
-                self.result.example_seq.setdefault(out.reason, at)
-        elif type(out) is BatchStepped:  # one output message, as serve answers it
-            assert isinstance(out, BatchStepped)
-            emitter.output_batch(out, 0, t)
-            if out.steady is not None:  # every row stepped, none reset: from the columns
-                self._stepped_columns(out.steady, t)
-                return
-            for row in out.results:
-                if isinstance(row, Stepped):
-                    self._stepped(row, t)
-                else:
-                    self._rejected(row)
-        elif type(out) is Held:  # a source's value kept, or a trigger not stepped
-            assert isinstance(out, Held)
-            if out.event is not None:
-                emitter.event(out.event, t)
-                if keys is not None:
-                    keys += (at, 1, 0)
+        if keys is None:
+            self._emitter.emit(out, t)
+            return
+        self._at = self._seqs.popleft()
+        if self._emitter.emit(out, t):
+            keys += (self._at, 1, 0)
 
-    def _rejected(self, out: Rejection) -> None:
-        self.result.rejection_examples.setdefault(out.reason, out.detail)
-        if out.stream is not None:
-            s = self._stream(out.stream)
-            s.rejected += 1
-            s.rejections[out.reason] = s.rejections.get(out.reason, 0) + 1
+    # -- the emitter's listener: what scoring and the merge keep ----------------
 
-    def _stepped(self, out: Stepped, t: int) -> None:
-        s = self._stream(out.msg.stream)
-        s.stepped += 1
-        if out.reset is not None:
-            s.resets[out.reset] = s.resets.get(out.reset, 0) + 1
+    def stepped(self, result: Stepped, t: int) -> None:
+        msg = result.msg
+        if self._keys is not None:
+            self._last_commit[msg.stream] = self._at
         if self._scoring:
-            stamp = out.msg.stamp_ns
-            self.scorer.output(out.msg.stream, out.msg.seq, t, t if stamp is None else stamp,
-                               out.y[0, :self._outputs].astype(np.float64))
+            stamp = msg.stamp_ns
+            self.scorer.output(msg.stream, msg.seq, t, t if stamp is None else stamp,
+                               result.y[0, :self._outputs].astype(np.float64))
 
-    def _stepped_columns(self, steady: SteadyRows, t: int) -> None:
-        """:meth:`_stepped` for every row of a steady batch message."""
-        cols, output = steady.columns, self.scorer.output
-        for name in cols.streams:
-            self._stream(name).stepped += 1
-        if self._scoring:
-            ys = steady.y[:, :self._outputs].astype(np.float64)
-            for i, (name, seq, stamp) in enumerate(zip(cols.streams, cols.seqs, cols.stamps,
-                                                       strict=True)):
-                output(name, seq, t, t if stamp is None else stamp, ys[i])
+    def stepped_rows(self, rows: SteadyRows, t: int) -> None:
+        if not self._scoring:
+            return
+        cols, output = rows.columns, self.scorer.output
+        ys = rows.y[:, :self._outputs].astype(np.float64)
+        for i, (name, seq, stamp) in enumerate(zip(cols.streams, cols.seqs, cols.stamps,
+                                                   strict=True)):
+            output(name, seq, t, t if stamp is None else stamp, ys[i])
+
+    def rejected(self, rejection: Rejection, t: int) -> None:
+        if self._keys is not None:
+            self.result.example_seq.setdefault(rejection.reason, self._at)
 
     def _housekeeping(self, emitter: Emitter, now: int) -> None:
         expired = emitter.expire(self.stepper.store, now)
@@ -276,21 +273,19 @@ class _LogEvaluation:
         if self.sources is not None:
             self.sources.forget_idle(now, self.stepper.store.idle_timeout_ns)
 
-    def _stream(self, name: str) -> StreamResult:
-        s = self.streams.get(name)
-        if s is None:
-            s = self.streams[name] = StreamResult(name)
-        return s
-
     def _score(self) -> None:
         result = self.result
-        result.streams = [self.streams[name] for name in sorted(self.streams)]
         result.targets, result.targets_rejected = self.scorer.accepted, self.scorer.rejected
         scored = self.scorer.score(result.streams)
         result.histogram, result.unmatched_outputs = scored.histogram, scored.unmatched_outputs
         if self.options.report_dir and scored.series and self._shard is None:
             result.plot = plot_predictions(self.path, scored.series, self.options,
                                            self.contract.output_names)
+
+
+def _stream_result(name: str, counts: StreamCounts) -> StreamResult:
+    return StreamResult(name, counts.stepped, counts.rejected, dict(counts.resets),
+                        rejections=dict(counts.rejections))
 
 
 def output_metadata(path: Path, opts: EvalOptions, model_sha256: str) -> dict[str, Any]:
@@ -305,13 +300,8 @@ def output_metadata(path: Path, opts: EvalOptions, model_sha256: str) -> dict[st
 def evaluate_log(path: str | Path, options: EvalOptions,
                  progress: Progress | None = None) -> LogResult:
     """Evaluate one log; writes ``options.output_path(path)`` (as Foxglove JSON with
-    ``options.encoding == "json"``, once the log is whole: not a shard's part)."""
-    evaluation = _LogEvaluation(Path(path), options)
-    result = evaluation.run(progress or NullProgress())
-    if options.encoding == "json" and not options.shard:
-        rewrite_as_json(Path(result.output), Path(path), options,
-                        output_labels(evaluation.contract))
-    return result
+    ``options.encoding == "json"``, unless this is a shard's part)."""
+    return _LogEvaluation(Path(path), options).run(progress or NullProgress())
 
 
 def evaluate_log_outcome(path: str | Path, options: EvalOptions) -> LogOutcome:

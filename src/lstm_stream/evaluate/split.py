@@ -17,7 +17,6 @@ the least recently used stream across all of them).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,6 @@ from lstm_stream.evaluate.options import EvalOptions
 from lstm_stream.evaluate.results import LogResult, StreamResult
 from lstm_stream.logs.reader import LogReader
 from lstm_stream.logs.writer import LogWriter
-
-log = logging.getLogger(__name__)
 
 BATCH = object()  # owner() of a batch message: it belongs to every shard
 

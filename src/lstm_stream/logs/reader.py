@@ -35,13 +35,13 @@ from mcap.records import Channel, Header, Metadata, Schema
 
 from lstm_stream.core.errors import LogError
 from lstm_stream.logs import format as fmt
-from lstm_stream.logs.records import MAGIC
-from lstm_stream.logs.records import MESSAGE as _MESSAGE
-from lstm_stream.logs.records import RECORD as _RECORD
-from lstm_stream.logs.records import chunk_records as _chunk_records
-from lstm_stream.logs.records import message_times as _message_times
-from lstm_stream.logs.records import messages_in as _messages_in
-from lstm_stream.logs.records import opname as _opname
+from lstm_stream.logs.mcap_records import MAGIC
+from lstm_stream.logs.mcap_records import MESSAGE as _MESSAGE
+from lstm_stream.logs.mcap_records import RECORD as _RECORD
+from lstm_stream.logs.mcap_records import chunk_records as _chunk_records
+from lstm_stream.logs.mcap_records import message_times as _message_times
+from lstm_stream.logs.mcap_records import messages_in as _messages_in
+from lstm_stream.logs.mcap_records import opname as _opname
 
 log = logging.getLogger(__name__)
 

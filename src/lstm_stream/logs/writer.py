@@ -41,7 +41,7 @@ from mcap.records import (
 
 from lstm_stream.core.errors import LogError
 from lstm_stream.logs import format as fmt
-from lstm_stream.logs.records import MAGIC, MESSAGE, MESSAGE_RECORD
+from lstm_stream.logs.mcap_records import MAGIC, MESSAGE, MESSAGE_RECORD
 
 log = logging.getLogger(__name__)
 

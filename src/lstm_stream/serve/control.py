@@ -1,36 +1,36 @@
 """The control requests a runner answers between messages: ``status``, ``streams``, ``reset``.
 
-:class:`ControlRequests` is a mixin of :class:`~lstm_stream.serve.runner.Runner`:
-it reads the runner's state and counters, never the hot path's, and builds the
-replies that docs/protocol.md specifies.
+:class:`ControlService` is given what it reads (the served model, the stepper, the
+counters, the latencies, health, subscriptions) by the runner, never the hot
+path's own variables, and builds the replies that docs/protocol.md specifies.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
-
-import numpy as np
-import zmq
+from typing import Any
 
 from lstm_stream import __version__
 from lstm_stream.core.backends import StepBackend
-from lstm_stream.core.config.runner import RunnerConfig
 from lstm_stream.core.model.contract import ModelContract
 from lstm_stream.core.state.snapshot import RestoreResult, SnapshotWriter
-from lstm_stream.core.state.store import StateStore
 from lstm_stream.core.step.emit import EmitCounters
+from lstm_stream.core.step.latency import LatencyWindow
 from lstm_stream.core.step.sources import SourceStepper
 from lstm_stream.core.step.stepper import StreamStepper
-from lstm_stream.core.wire.protocol import PROTOCOL_VERSION, ControlRequest, decode_control_request
-from lstm_stream.core.wire.shard import Shard, shard_topic
+from lstm_stream.core.wire.protocol import (
+    PROTOCOL_VERSION,
+    ControlCommand,
+    ControlRequest,
+    decode_control_request,
+)
+from lstm_stream.core.wire.shard import Shard
 from lstm_stream.serve.health import HealthTracker
 from lstm_stream.serve.liveview import LiveView
-from lstm_stream.serve.security.curve import ServerKeys
+from lstm_stream.serve.sockets import Subscriptions
 
-LATENCY_WINDOW = 4096  # latencies kept for the status percentiles
 MAX_CONTROL_BYTES = 65536  # a larger control request is answered with an error
 
 
@@ -42,56 +42,46 @@ class Counters(EmitCounters):
     control_requests: int = 0
     control_errors: int = 0
     input_reconnects: int = 0  # input connections dropped by ZeroMQ and made again
-    late: int = 0  # outputs published later than output.deadline_ms after their sensor time
 
 
-class ControlRequests:
-    """``status``, ``streams`` and ``reset`` over the runner's state (a mixin of Runner)."""
+@dataclass(frozen=True)
+class ServedModel:
+    """What the runner serves, as ``status`` reports it: fixed once the runner started."""
 
-    # what the replies read, set by Runner.__init__
-    config: RunnerConfig
     contract: ModelContract
     backend: StepBackend
-    stepper: StreamStepper
-    store: StateStore
-    counters: Counters
-    subscriptions: Counter[str]
+    topics: list[str]  # what the input subscribes to
     shard: Shard | None
-    keys: ServerKeys | None
-    restored: RestoreResult
-    snapshots: SnapshotWriter | None
-    pub: zmq.Socket[Any]
-    sources: SourceStepper | None
-    live: LiveView | None
-    health: HealthTracker
     warmup_s: float
-    _latencies: np.ndarray
-    _started: float
-    _control_resets: int
-    _input_connected: bool
+    curve: bool  # CURVE on the control (and data) sockets
+    snapshot_interval_s: float
 
-    @property
-    def ready(self) -> bool:
-        """Warmed up (before the sockets open) and the input connected, or bound."""
-        return self._input_connected
 
-    def input_topics(self) -> list[str]:
-        """What the input socket subscribes to: the topics, or their shard's topics."""
-        topics = self.config.input.topics
-        if self.shard is None:
-            return list(topics)
-        return [shard_topic(t, self.shard.index, self.shard.count) for t in topics]
+class ControlService:
+    """``status``, ``streams`` and ``reset``, answered from what the runner hands it."""
 
-    def _read_subscriptions(self) -> None:
-        while cast(int, self.pub.get(zmq.EVENTS)) & zmq.POLLIN:
-            frame = self.pub.recv()
-            if frame:
-                topic = frame[1:].decode(errors="replace")
-                self.subscriptions[topic] += 1 if frame[0] == 1 else -1
-                if self.subscriptions[topic] <= 0:
-                    del self.subscriptions[topic]
+    def __init__(self, served: ServedModel, stepper: StreamStepper, counters: Counters,
+                 latencies: LatencyWindow, health: HealthTracker,
+                 subscriptions: Subscriptions, ready: Callable[[], bool], *,
+                 sources: SourceStepper | None = None, live: LiveView | None = None,
+                 restored: RestoreResult | None = None,
+                 snapshots: SnapshotWriter | None = None) -> None:
+        self.served = served
+        self.stepper = stepper
+        self.store = stepper.store
+        self.counters = counters
+        self.latencies = latencies
+        self.health = health
+        self.subscriptions = subscriptions
+        self.ready = ready
+        self.sources = sources
+        self.live = live
+        self.restored = restored or RestoreResult()
+        self.snapshots = snapshots
+        self.resets = 0  # control resets answered: the state changed between messages
+        self._started = time.monotonic()
 
-    def control_reply(self, request: bytes) -> dict[str, Any]:
+    def reply(self, request: bytes) -> dict[str, Any]:
         """Answer one control request; unknown, malformed or oversized ones get an error
         reply."""
         if len(request) > MAX_CONTROL_BYTES:
@@ -100,10 +90,10 @@ class ControlRequests:
                           '{"cmd": "status"}')
         parsed = decode_control_request(request)
         if not isinstance(parsed, ControlRequest):
-            return _error(parsed)
-        if parsed.cmd == "status":
+            return _error(parsed.detail)
+        if parsed.cmd == ControlCommand.STATUS:
             return self.status()
-        if parsed.cmd == "streams":
+        if parsed.cmd == ControlCommand.STREAMS:
             return self._streams_reply()
         return self._reset_reply(parsed.stream)
 
@@ -111,7 +101,7 @@ class ControlRequests:
         count = self.store.request_reset(stream)
         if stream is not None and count == 0:
             return _error(f"unknown stream {stream[:256]!r}; nothing was reset")
-        self._control_resets += 1
+        self.resets += 1
         return {"ok": True, "reset": count}
 
     def _streams_reply(self) -> dict[str, Any]:
@@ -123,36 +113,29 @@ class ControlRequests:
 
     def status(self) -> dict[str, Any]:
         """Counters and latency percentiles, as the ``status`` request returns them."""
-        self._read_subscriptions()  # fresh, not as of the last housekeeping
-        c = self.counters
-        n = min(c.stepped, LATENCY_WINDOW)
-        latency: dict[str, Any] = {"window": n}
-        if n:
-            window = self._latencies if n == LATENCY_WINDOW else self._latencies[1:n + 1]
-            for q in (50, 90, 99):
-                latency[f"p{q}"] = int(np.percentile(window, q))
-            latency["max"] = int(window.max())
+        self.subscriptions.read()  # fresh, not as of the last housekeeping
+        c, served, contract = self.counters, self.served, self.served.contract
         return {
             "ok": True, "version": __version__, "protocol": PROTOCOL_VERSION,
             "uptime_s": round(time.monotonic() - self._started, 3),
-            "model": {"path": str(self.contract.path), "sha256": self.contract.sha256,
-                      "backend": self.backend.name, "features": self.contract.n_features,
-                      "outputs": self.contract.n_outputs,
-                      "extras": [e.name for e in self.contract.extras],
-                      "dtype": self.contract.dtype, "fixed_batch": self.contract.fixed_batch},
+            "model": {"path": str(contract.path), "sha256": contract.sha256,
+                      "backend": served.backend.name, "features": contract.n_features,
+                      "outputs": contract.n_outputs,
+                      "extras": [e.name for e in contract.extras],
+                      "dtype": contract.dtype, "fixed_batch": contract.fixed_batch},
             "received": c.received, "stepped": c.stepped, "published": c.published,
             "batches": self.stepper.calls,  # backend calls; stepped / batches = mean batch
-            "topics": self.input_topics(), "shard": None if self.shard is None else str(self.shard),
+            "topics": served.topics, "shard": None if served.shard is None else str(served.shard),
             "rejected": dict(c.rejected), "resets": dict(c.resets),
             "streams": len(self.store), "max_streams": self.store.max_streams,
             "evicted": self.store.evicted, "expired": self.store.expired,
             "control_requests": c.control_requests, "control_errors": c.control_errors,
             "input_reconnects": c.input_reconnects,
-            "subscriptions": dict(self.subscriptions),
-            "latency_ns": latency,
+            "subscriptions": dict(self.subscriptions.topics),
+            "latency_ns": self.latencies.percentiles(),
             "snapshot": self._snapshot_status(),
-            "curve": self.keys is not None,
-            "ready": self.ready, "warmup_ms": round(self.warmup_s * 1e3, 3),
+            "curve": served.curve,
+            "ready": self.ready(), "warmup_ms": round(served.warmup_s * 1e3, 3),
             "late": c.late, **self._sources_status(),
             "foxglove": None if self.live is None else self.live.status(),
         }
@@ -167,13 +150,8 @@ class ControlRequests:
 
     def health_report(self, now_ns: int, *, advance: bool = True) -> dict[str, Any]:
         """The health message (health.py): since the previous one unless ``advance``."""
-        c = self.counters
-        since = self.health.stepped_at_mark
-        n = min(c.stepped - since, LATENCY_WINDOW)
-        recent = self._latencies[np.arange(c.stepped - n + 1, c.stepped + 1) % LATENCY_WINDOW]
-        return self.health.report(now_ns, stepped=c.stepped, rejected=sum(c.rejected.values()),
-                                  ready=self.ready, streams=len(self.store),
-                                  latencies_ns=recent, advance=advance)
+        return self.health.report(now_ns, ready=self.ready(), streams=len(self.store),
+                                  advance=advance)
 
     def _snapshot_status(self) -> dict[str, Any] | None:
         writer = self.snapshots
@@ -183,8 +161,7 @@ class ControlRequests:
                 "restore_note": self.restored.note, "written": writer.written,
                 "failed": writer.failed, "last_error": writer.last_error,
                 "last_write_ms": round(writer.last_write_s * 1e3, 3),
-                "interval_s": self.config.state.snapshot_interval_s}
-
+                "interval_s": self.served.snapshot_interval_s}
 
 
 def _error(message: str) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from lstm_stream.core.step.emit import EmitCounters
+from lstm_stream.core.step.latency import LatencyWindow
 from lstm_stream.core.step.sources import Source, SourceStepper
 
 ALIVE_RATE = (0.8, 1.2)  # measured / expected rate within this: alive (openpilot's SubMaster)
@@ -39,23 +41,22 @@ class _Mark:
 
 
 class HealthTracker:
-    """Turns counters into per-period health reports."""
+    """Turns the runner's counters into per-period health reports."""
 
-    def __init__(self, sources: SourceStepper | None, now_ns: int) -> None:
+    def __init__(self, sources: SourceStepper | None, counters: EmitCounters,
+                 latencies: LatencyWindow, now_ns: int) -> None:
         self.sources = sources
+        self.counters = counters
+        self.latencies = latencies
         self._mark = _Mark(now_ns, messages=self._messages(), stale=self._stale())
 
-    @property
-    def stepped_at_mark(self) -> int:
-        """Steps counted at the previous health message."""
-        return self._mark.stepped
-
-    def report(self, now_ns: int, *, stepped: int, rejected: int, ready: bool, streams: int,
-               latencies_ns: np.ndarray, advance: bool = True) -> dict[str, Any]:
-        """The health message at ``now_ns`` (monotonic); ``latencies_ns``: the latencies of
-        the steps since the previous one. ``advance=False`` (``status``) leaves the period
-        open."""
+    def report(self, now_ns: int, *, ready: bool, streams: int,
+               advance: bool = True) -> dict[str, Any]:
+        """The health message at ``now_ns`` (monotonic), over the period since the previous
+        one; ``advance=False`` (``status``) leaves the period open."""
         mark = self._mark
+        stepped, rejected = self.counters.stepped, sum(self.counters.rejected.values())
+        latencies_ns = self.latencies.last(stepped - mark.stepped)
         elapsed_s = max((now_ns - mark.t_ns) / 1e9, 1e-9)
         messages, stale = self._messages(), self._stale()
         latency: dict[str, int] = {}

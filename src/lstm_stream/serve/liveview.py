@@ -28,6 +28,7 @@ from typing import Any
 import msgpack
 
 from lstm_stream.core.errors import LstmStreamError
+from lstm_stream.core.step.emit import Sink
 from lstm_stream.core.wire.json_form import SCHEMAS, convert
 
 INSTALL_HINT = "pip install 'lstm-stream[viz]'"
@@ -132,7 +133,7 @@ def tee_input(step: Callable[[list[bytes], int], Any], live: LiveView
 class TeeSink:
     """The runner's ZeroMQ sink, with every payload also offered to the live view."""
 
-    def __init__(self, sink: Any, live: LiveView, output_topic: str,
+    def __init__(self, sink: Sink, live: LiveView, output_topic: str,
                  diagnostics_topic: str) -> None:
         self._sink, self._live = sink, live
         self._out, self._diag = output_topic, diagnostics_topic

@@ -17,13 +17,11 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any, cast
 
 import msgpack
-import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -39,19 +37,18 @@ from lstm_stream.core.state.snapshot import (
     restore,
 )
 from lstm_stream.core.state.snapshot_files import check_snapshot_path
-from lstm_stream.core.step.emit import Emitter
-from lstm_stream.core.step.sources import Held, SourceStepper, StalePolicy
-from lstm_stream.core.step.stepper import BatchStepped, Outcome, Stepped, StreamStepper, warm_up
-from lstm_stream.core.wire.protocol import (
-    Rejection,
-)
-from lstm_stream.core.wire.shard import Shard
-from lstm_stream.serve.control import LATENCY_WINDOW, ControlRequests, Counters
+from lstm_stream.core.step.emit import Emitter, LiveClock, Sink
+from lstm_stream.core.step.latency import LatencyWindow
+from lstm_stream.core.step.results import Outcome
+from lstm_stream.core.step.sources import SourceStepper, StalePolicy
+from lstm_stream.core.step.stepper import StreamStepper, warm_up
+from lstm_stream.core.wire.shard import Shard, shard_topic
+from lstm_stream.serve.control import ControlService, Counters, ServedModel
 from lstm_stream.serve.health import HealthTracker
 from lstm_stream.serve.liveview import LiveView, TeeSink, tee_input
 from lstm_stream.serve.security.curve import ServerKeys, load_server_keys
 from lstm_stream.serve.sink import ZmqSink
-from lstm_stream.serve.sockets import attach, frame_receiver
+from lstm_stream.serve.sockets import Subscriptions, attach, frame_receiver
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +63,7 @@ CONTROL_HARD_LIMIT_BYTES = 1 << 20
 RECONNECT_CHECK_NS = 250_000_000
 
 
-class Runner(ControlRequests):
+class Runner:
     """One model, one input SUB, one output XPUB, one control ROUTER."""
 
     def __init__(self, config: RunnerConfig, *, context: zmq.Context[Any] | None = None,
@@ -89,7 +86,7 @@ class Runner(ControlRequests):
         self.store = self.stepper.store
         self._max_batch = min(config.batching.max_batch, self.stepper.max_batch)
         self.sources: SourceStepper | None = None
-        self._step: Callable[[list[bytes], int], Any] = self.stepper.step
+        self._step: Callable[[list[bytes], int], Outcome] = self.stepper.step
         if config.input.sources:  # several topics assembled into x: stepped one at a time
             self.sources = SourceStepper(
                 resolve_sources(config.input.sources, self.contract.feature_names,
@@ -106,22 +103,16 @@ class Runner(ControlRequests):
         if self.contract.fixed_batch == 1 and config.batching.max_batch > 1:
             log.info("model: exported with a fixed batch of 1, so messages are stepped one "
                      "per call (batching.max_batch %d not used)", config.batching.max_batch)
-        self._deadline_ns = int(config.output.deadline_ms * 1e6)
-        # the plain path when neither sources nor a deadline ask for more
-        self._publish = (self._publish_result if self.sources is None and not self._deadline_ns
-                         else self._publish_checked)
         self.warmup_s = (warm_up(self.backend, self.contract, self._max_batch)
                          if config.model.warmup else 0.0)
         self._input_connected = config.input.bind  # a bound input has nothing to wait for
-        self.health = HealthTracker(self.sources, time.monotonic_ns())
         self.counters = Counters()
-        self.subscriptions: Counter[str] = Counter()
-        self._latencies = np.zeros(LATENCY_WINDOW, np.int64)
+        self.latencies = LatencyWindow()
+        self.health = HealthTracker(self.sources, self.counters, self.latencies,
+                                    time.monotonic_ns())
         self._max_wait_ns = config.batching.max_wait_us * 1000
         self._packer = msgpack.Packer(use_bin_type=True)  # control replies
         self._stop = threading.Event()
-        self._started = time.monotonic()
-        self._control_resets = 0
         self.restored = RestoreResult()
         self.snapshots: SnapshotWriter | None = None
         self._snapshot_mark: tuple[int, ...] | None = None
@@ -131,7 +122,6 @@ class Runner(ControlRequests):
                                     self.contract.sha256)
             log.log(self.restored.level, "state: %s", self.restored.note)
             self.snapshots = SnapshotWriter(config.state.snapshot_path)
-            self._snapshot_mark = self._change_mark()
         self.keys: ServerKeys | None = None
         if config.security.enabled:
             self.keys = load_server_keys(config.security.server_key,
@@ -144,7 +134,21 @@ class Runner(ControlRequests):
             log.info("CURVE: control%s accept %d allow-listed client keys from %s",
                      " and data sockets" if config.security.secure_data else " socket",
                      self.keys.authorized, self.keys.authorized_dir)
+        self.topics = input_topics(config.input.topics, self.shard)
         self._open_sockets()
+        self.control_service = ControlService(
+            ServedModel(self.contract, self.backend, self.topics, self.shard, self.warmup_s,
+                        self.keys is not None, config.state.snapshot_interval_s),
+            self.stepper, self.counters, self.latencies, self.health, self.subscriptions,
+            lambda: self.ready, sources=self.sources, live=self.live, restored=self.restored,
+            snapshots=self.snapshots)
+        if self.snapshots is not None:
+            self._snapshot_mark = self._change_mark()
+
+    @property
+    def ready(self) -> bool:
+        """Warmed up (before the sockets open) and the input connected, or bound."""
+        return self._input_connected
 
     # -- sockets -------------------------------------------------------------
 
@@ -154,12 +158,13 @@ class Runner(ControlRequests):
         self.sub.setsockopt(zmq.RCVHWM, cfg.input.rcvhwm)
         self.sub.setsockopt(zmq.MAXMSGSIZE, cfg.input.zmq_max_message_bytes)
         self.sub.setsockopt(zmq.LINGER, 0)
-        for topic in self.input_topics():
+        for topic in self.topics:
             self.sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self.pub = self.context.socket(zmq.XPUB)
         self.pub.setsockopt(zmq.SNDHWM, cfg.output.sndhwm)
         self.pub.setsockopt(zmq.XPUB_VERBOSER, 1)  # see every (un)subscription
         self.pub.setsockopt(zmq.LINGER, 0)
+        self.subscriptions = Subscriptions(self.pub)
         self.control = self.context.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.LINGER, 0)
         self.control.setsockopt(zmq.MAXMSGSIZE, CONTROL_HARD_LIMIT_BYTES)
@@ -174,12 +179,12 @@ class Runner(ControlRequests):
             self.monitor = self.sub.get_monitor_socket(
                 zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED)
         self._receive = frame_receiver(self.sub)
-        sink: Any = ZmqSink(self.pub, cfg.output.topic, cfg.output.diagnostics_topic)
+        sink: Sink = ZmqSink(self.pub, cfg.output.topic, cfg.output.diagnostics_topic)
         if self.live is not None:  # every payload also to the Foxglove thread's queue
             sink = TeeSink(sink, self.live, cfg.output.topic, cfg.output.diagnostics_topic)
-        self.emitter = Emitter(self.stepper, sink, self.counters)
-        self._emit_output = self.emitter.output
-        self._emit_rejection = self.emitter.rejection
+        self.emitter = Emitter(self.contract, sink, self.counters, latencies=self.latencies,
+                               clock=LiveClock(int(cfg.output.deadline_ms * 1e6)))
+        self._emit = self.emitter.emit
         try:
             attach(self.sub, cfg.input.endpoint, cfg.input.bind, "input")
             attach(self.pub, cfg.output.endpoint, cfg.output.bind, "output")
@@ -233,7 +238,7 @@ class Runner(ControlRequests):
         health_every_ns = int(1e9 / rate) if rate > 0 else 0
         next_health = time.monotonic_ns() + health_every_ns
         log.info("ready: input %s (topics %s), output %s, control %s, model %s (%s)",
-                 self.config.input.endpoint, ",".join(self.input_topics()),
+                 self.config.input.endpoint, ",".join(self.topics),
                  self.config.output.endpoint, self.config.control.endpoint,
                  self.contract.path, self.backend.name)
         while not self._stop.is_set():
@@ -254,7 +259,7 @@ class Runner(ControlRequests):
                 # message a little, on its way in.
                 if self.monitor is not None:
                     self._read_input_events()
-                self._read_subscriptions()
+                self.subscriptions.read()
                 self._housekeeping(now)
                 next_housekeeping = now + int(HOUSEKEEPING_S * 1e9)
             if health_every_ns and now >= next_health:
@@ -318,52 +323,15 @@ class Runner(ControlRequests):
         """Step one message received at ``t_recv_ns`` (monotonic clock) and publish
         its output, or its rejection on the diagnostics topic."""
         self.counters.received += 1
-        self._publish(self._step(frames, t_recv_ns), t_recv_ns)
+        self._emit(self._step(frames, t_recv_ns), t_recv_ns)
 
     def handle_batch(self, items: list[tuple[list[bytes], int]]) -> None:
         """Step several queued messages, those of distinct streams in one backend call,
-        and publish each output (or rejection) in arrival order."""
+        and publish each output (or rejection) in arrival order, as soon as it is stepped."""
         self.counters.received += len(items)
-        self.stepper.step_many(items, self._publish_result, max_batch=self._max_batch)
-
-    def _publish_result(self, result: Outcome, t_recv_ns: int) -> None:
-        if type(result) is not Stepped:  # a rejection, or a batch message's rows
-            self._publish_other(result, t_recv_ns)
-            return
-        assert isinstance(result, Stepped)  # for mypy; free at run time
-        latency = time.monotonic_ns() - t_recv_ns
-        self._emit_output(result, latency, t_recv_ns)
-        self._latencies[self.counters.stepped % LATENCY_WINDOW] = latency
-
-    def _publish_other(self, result: Outcome | Held, t_recv_ns: int) -> None:
-        if type(result) is Rejection:
-            assert isinstance(result, Rejection)
-            self._emit_rejection(result, t_recv_ns)
-        elif type(result) is BatchStepped:  # one output message for the stepped rows
-            assert isinstance(result, BatchStepped)
-            latency = time.monotonic_ns() - t_recv_ns
-            rows = self.emitter.output_batch(result, latency, t_recv_ns)
-            stepped = self.counters.stepped  # every stepped row waited as long as its message
-            self._latencies[np.arange(stepped - rows + 1, stepped + 1) % LATENCY_WINDOW] = latency
-        elif type(result) is Held:
-            assert isinstance(result, Held)
-            if result.event is not None:
-                self.emitter.event(result.event, t_recv_ns)
-
-    def _publish_checked(self, result: Outcome | Held, t_recv_ns: int) -> None:
-        """The publish path of multi-source runners and deadlines (see _publish_result)."""
-        if type(result) is not Stepped:
-            self._publish_other(result, t_recv_ns)
-            return
-        assert isinstance(result, Stepped)
-        latency = time.monotonic_ns() - t_recv_ns
-        if self._deadline_ns:
-            stamp = result.msg.stamp_ns  # sensor time on the wall clock; else receive time
-            if (time.time_ns() - stamp if stamp is not None else latency) > self._deadline_ns:
-                result.info = {**(result.info or {}), "late": True}
-                self.counters.late += 1
-        self._emit_output(result, latency, t_recv_ns)
-        self._latencies[self.counters.stepped % LATENCY_WINDOW] = latency
+        emit = self._emit
+        for outcome, t_recv_ns in self.stepper.step_many(items, max_batch=self._max_batch):
+            emit(outcome, t_recv_ns)
 
     # -- between messages ----------------------------------------------------
 
@@ -375,14 +343,14 @@ class Runner(ControlRequests):
     def publish_health(self, now_ns: int) -> bool:
         """Publish one health message, when a subscriber asked for the topic by name."""
         topic = self.config.health.topic
-        if self.live is None and not any(t and topic.startswith(t) for t in self.subscriptions):
+        if self.live is None and not self.subscriptions.asked_by_name(topic):
             return False
-        self.emitter.topic_message(topic, self.health_report(now_ns), now_ns)
+        self.emitter.topic_message(topic, self.control_service.health_report(now_ns), now_ns)
         return True
     def _change_mark(self) -> tuple[int, ...]:
         """Changes whenever the state store may have changed (cheap; between messages)."""
         return (self.counters.stepped, self.store.expired, self.store.evicted,
-                self._control_resets, len(self.store))
+                self.control_service.resets, len(self.store))
 
     def snapshot(self) -> bool:
         """Hand a snapshot of every stream's state to the background writer; returns
@@ -442,7 +410,14 @@ class Runner(ControlRequests):
             envelope, request = frames[:-1], frames[-1]
             if len(frames) < 2:
                 envelope, request = frames, b""
-            reply = self.control_reply(request)
+            reply = self.control_service.reply(request)
             if not reply.get("ok"):
                 self.counters.control_errors += 1
             self.control.send_multipart([*envelope, self._packer.pack(reply)])
+
+
+def input_topics(topics: Sequence[str], shard: Shard | None) -> list[str]:
+    """What the input socket subscribes to: the topics, or their shard's topics."""
+    if shard is None:
+        return list(topics)
+    return [shard_topic(t, shard.index, shard.count) for t in topics]

@@ -40,6 +40,7 @@ import zmq
 
 from lstm_stream.core.progress import NullProgress, Progress
 from lstm_stream.core.wire.protocol import encode_sensor
+from lstm_stream.logs.format import DIAGNOSTICS_TOPIC, POLICY_TOPIC
 from lstm_stream.procs import runner_process
 from lstm_stream.serve.client import VehicleStack
 from lstm_stream.sim import SimError
@@ -48,7 +49,7 @@ from lstm_stream.sim.expert import ExpertController, ExplorationNoise
 
 log = logging.getLogger(__name__)
 
-SENSORS, CONTROLS, POLICY, DIAGNOSTICS = "sensors", "controls", "policy", "diagnostics"
+SENSORS, CONTROLS = "sensors", "controls"
 LOG_EPOCH_NS = 1_700_000_000 * 10**9  # log time of the first recorded tick (fixed: reproducible)
 EPISODE_GAP_NS = 10**9  # log-time gap between recorded episodes
 CONTROL_AFTER_NS = 1_000  # a command is logged 1 us after the sensor message it answers
@@ -122,11 +123,11 @@ class PolicyLink:
             out = msgpack.unpackb(body, raw=False)
             if not isinstance(out, dict) or out.get("stream") != stream:
                 continue  # another stream's traffic
-            if topic == DIAGNOSTICS.encode() and out.get("seq") == seq:
+            if topic == DIAGNOSTICS_TOPIC.encode() and out.get("seq") == seq:
                 trace.rejected += 1
                 log.warning("runner rejected %s seq %d: %s", stream, seq, out.get("detail"))
                 return None
-            if topic != POLICY.encode():
+            if topic != POLICY_TOPIC.encode():
                 continue
             if out.get("seq") != seq:
                 trace.late_outputs += 1  # an answer to an earlier tick, after its deadline

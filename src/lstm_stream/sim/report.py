@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from lstm_stream.core.plotting import pyplot
 from lstm_stream.sim import SimError
 from lstm_stream.sim.loop import EpisodeTrace, Mode
 
@@ -73,14 +74,7 @@ def write_json(path: Path, traces: Sequence[EpisodeTrace], summary: dict[str, An
 def write_plot(path: Path, traces: Sequence[EpisodeTrace],
                road: Sequence[np.ndarray] = (), episodes: int = 3) -> None:
     """Trajectories of the first ``episodes`` seeds per mode, and steering over time."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise SimError("Plots need matplotlib: pip install matplotlib (or the [logs] extra)."
-                       ) from err
+    plt = pyplot("The closed-loop plot", SimError)
     seeds = list(dict.fromkeys(t.seed for t in traces))[:episodes]
     colors = {Mode.EXPERT: "black", Mode.CARRIED: "tab:blue", Mode.RESET: "tab:red"}
     fig, axes = plt.subplots(1 + len(seeds), 1, figsize=(10, 4 + 2.6 * len(seeds)),

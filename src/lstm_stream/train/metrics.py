@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lstm_stream.core.errors import TrainingError
+from lstm_stream.core.plotting import pyplot
+
 
 def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     """One JSON object per epoch (rewritten whole, so a resumed run has one clean file)."""
@@ -14,11 +17,7 @@ def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
 
 def plot_metrics(path: Path, history: list[dict[str, Any]], task: str) -> None:
     """Loss and the task's metric per epoch, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and in CI
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("metrics.png", TrainingError)
     epochs = [r["epoch"] for r in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for key in ("train_loss", "val_loss"):

@@ -20,7 +20,8 @@ from lstm_stream.core.backends.base import BackendName, StepBackend
 from lstm_stream.core.errors import BackendError
 from lstm_stream.core.model.contract import ModelContract
 
-Runner = Callable[[list[str], dict[str, Any]], list[np.ndarray]]
+# InferenceSession.run, or the private fast path that replaces it: (output names, feeds)
+SessionRun = Callable[[list[str], dict[str, Any]], list[np.ndarray]]
 
 # The output check multiplies by zero, which numpy reports for NaN/Inf values:
 # those steps are rejected with their own reason, the warning is noise.
@@ -29,7 +30,7 @@ warnings.filterwarnings("ignore", "invalid value encountered in dot", RuntimeWar
 
 
 @dataclass(slots=True)
-class _Batch1:
+class _BoundBuffers:
     """The arrays a batch-1 IOBinding reads from and writes to.
 
     ``y`` (with any extra outputs as further columns) and ``new_states`` are views
@@ -53,7 +54,7 @@ class _Batch1:
     io: Any = None  # the onnxruntime IOBinding over them
 
 
-def _batch1_buffers(contract: ModelContract) -> _Batch1:
+def _batch1_buffers(contract: ModelContract) -> _BoundBuffers:
     width = contract.n_outputs + contract.n_extra
     outputs = np.zeros(width + sum(s.layers * s.hidden for s in contract.states), np.float32)
     x = np.zeros((1, contract.n_features), np.float32)
@@ -66,13 +67,13 @@ def _batch1_buffers(contract: ModelContract) -> _Batch1:
     dtype = np.dtype(contract.dtype)
     typed = dtype != np.float32
     model_outputs = np.zeros(len(outputs), dtype) if typed else outputs
-    return _Batch1(x, states, outputs, outputs[:width].reshape(1, width), tuple(new_states),
-                   np.zeros(x.shape, dtype) if typed else x,
-                   tuple(np.zeros(a.shape, dtype) for a in states) if typed else states,
-                   model_outputs, np.zeros(len(outputs), np.float32))
+    return _BoundBuffers(x, states, outputs, outputs[:width].reshape(1, width),
+                         tuple(new_states), np.zeros(x.shape, dtype) if typed else x,
+                         tuple(np.zeros(a.shape, dtype) for a in states) if typed else states,
+                         model_outputs, np.zeros(len(outputs), np.float32))
 
 
-def _model_views(contract: ModelContract, bound: _Batch1
+def _model_views(contract: ModelContract, bound: _BoundBuffers
                  ) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, np.ndarray]]]:
     """(name, array in the model's shape) for every input and output, over ``bound``'s
     model buffers: the bytes of a batch of one are laid out alike in either layout."""
@@ -140,7 +141,7 @@ class OnnxRuntimeBackend(StepBackend):
         self._adapted = contract.adapted  # layouts, types or extras to convert
         # One feeds dict reused for every call: the hot path only rebinds values.
         self._feeds: dict[str, Any] = {}
-        self._run = cast(Runner, self.session.run)
+        self._run = cast(SessionRun, self.session.run)
         self._warm_up()
         self._run = self._fast_run()
         self._bound = self._bind_batch1()
@@ -161,7 +162,7 @@ class OnnxRuntimeBackend(StepBackend):
                    if c.dtype == "float64" else "Check the model with `lstm-stream check`.")
             ) from err
 
-    def _fast_run(self) -> Runner:
+    def _fast_run(self) -> SessionRun:
         """The session's C++ ``run``, skipping the Python wrapper's per-call checks.
 
         ``InferenceSession.run`` re-validates the input names in Python on every
@@ -170,7 +171,7 @@ class OnnxRuntimeBackend(StepBackend):
         compared with the public ``run``; on any difference or error the public
         ``run`` is used.
         """
-        public = cast(Runner, self.session.run)
+        public = cast(SessionRun, self.session.run)
         binding = getattr(self.session, "_sess", None)
         if binding is None:
             return public
@@ -188,9 +189,9 @@ class OnnxRuntimeBackend(StepBackend):
         if not same:
             return public
         fast_run = binding.run
-        return cast(Runner, lambda names, inputs: fast_run(names, inputs, None))
+        return cast(SessionRun, lambda names, inputs: fast_run(names, inputs, None))
 
-    def _bind_batch1(self) -> _Batch1 | None:
+    def _bind_batch1(self) -> _BoundBuffers | None:
         """Batch-1 inputs and outputs bound once to preallocated arrays (IOBinding).
 
         A ``run`` converts every input to an OrtValue and allocates every output;
@@ -220,7 +221,7 @@ class OnnxRuntimeBackend(StepBackend):
             return None
         return bound if same else None
 
-    def _bound_step(self, bound: _Batch1, x: np.ndarray, states: Sequence[np.ndarray]
+    def _bound_step(self, bound: _BoundBuffers, x: np.ndarray, states: Sequence[np.ndarray]
                     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         np.copyto(bound.model_x, x)  # casts, for a float16 or float64 model
         for buf, value in zip(bound.model_states, states, strict=True):

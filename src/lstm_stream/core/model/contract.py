@@ -41,9 +41,7 @@ from lstm_stream.core.model.shipped import resolve_model_path
 
 INPUT_NAME = "x"  # the canonical names, and the names of models made by lstm-stream
 OUTPUT_NAME = "y"
-STATE_OUTPUT_SUFFIX = "_out"
-FLOAT = 1  # TensorProto.FLOAT
-FLOAT_TYPES = {1: "float32", 10: "float16", 11: "float64"}
+FLOAT_TYPES = {1: "float32", 10: "float16", 11: "float64"}  # by TensorProto element type
 LAYERS_BATCH_HIDDEN, BATCH_LAYERS_HIDDEN = "layers_batch_hidden", "batch_layers_hidden"
 
 # metadata_props keys that lstm-stream understands; values are JSON where noted.
@@ -52,7 +50,6 @@ META_OUTPUT_NAMES = "output_names"  # JSON list of str, one per output
 META_NORMALIZATION = "normalization"  # JSON {"mean": [...], "std": [...], "folded": bool}
 META_PREPROCESSING = "preprocessing"  # JSON list of str: what the graph does to raw x
 META_CELL = "cell"  # "lstm" | "gru"
-META_TASK = "task"  # free text, e.g. "regression"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ batch-1 step wants them. The pool doubles when full, up to ``max_streams``.
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ import numpy as np
 from lstm_stream.core.model.contract import StateSpec
 from lstm_stream.core.wire.protocol import STALE_SEQ, Rejection, SensorMessage
 
-log = logging.getLogger(__name__)
 
 class ResetReason(StrEnum):
     """Why a stream's state was reset, reported in the output message that follows the

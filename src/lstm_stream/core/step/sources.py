@@ -25,7 +25,6 @@ the assembled vector, not the stream's state.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -33,18 +32,16 @@ from typing import Any
 import numpy as np
 
 from lstm_stream.core.state.store import StateStore
-from lstm_stream.core.step.stepper import Stepped, StreamStepper
+from lstm_stream.core.step.results import NoOutput, Stepped
+from lstm_stream.core.step.stepper import StreamStepper
 from lstm_stream.core.wire.protocol import (
-    STALE_SEQ,
+    EventKind,
     Rejection,
     RejectReason,
     SensorDecoder,
     SensorMessage,
 )
 
-UNKNOWN_TOPIC = RejectReason.UNKNOWN_TOPIC
-WAITING = "waiting"  # diagnostic event: a trigger arrived before every source was seen
-STALE_SKIPPED = "stale_skipped"  # diagnostic event: freshness.stale = "skip" left a step out
 RATE_WINDOW = 32  # receive times kept per source: its rate is measured over them
 
 
@@ -66,15 +63,6 @@ class Source:
     rate_hz: float  # expected rate, for health
     max_age_ns: int
     trigger: bool
-
-
-@dataclass(slots=True)
-class Held:
-    """A message that was taken (or a trigger that was not stepped) with no output;
-    ``event``: the diagnostic to publish, if any."""
-
-    event: dict[str, Any] | None = None
-    stale: tuple[str, ...] = ()  # for a skipped step: the stale sources
 
 
 class _Readings:
@@ -124,12 +112,13 @@ class SourceStepper:
     def store(self) -> StateStore:
         return self.stepper.store
 
-    def step(self, frames: list[bytes], now_ns: int) -> Stepped | Rejection | Held:
+    def step(self, frames: list[bytes], now_ns: int) -> Stepped | Rejection | NoOutput:
         """Take one message of any source received at ``now_ns``; step on a trigger."""
         topic = frames[0].decode(errors="replace") if frames else ""
         found = self._by_topic.get(topic)
         if found is None:
-            return Rejection(UNKNOWN_TOPIC, f"topic {topic[:256]!r} is none of the sources "
+            return Rejection(RejectReason.UNKNOWN_TOPIC,
+                             f"topic {topic[:256]!r} is none of the sources "
                              f"({', '.join(self._by_topic)}); add it to [[input.sources]] or "
                              "narrow input.topics", topic)
         index, source, decoder = found
@@ -145,7 +134,7 @@ class SourceStepper:
         else:
             self._readings.move_to_end(msg.stream)
         if msg.seq <= readings.seq[index] and not msg.reset:
-            return Rejection(STALE_SEQ, f"seq {msg.seq} is not after the last seq "
+            return Rejection(RejectReason.STALE_SEQ, f"seq {msg.seq} is not after the last seq "
                              f"{readings.seq[index]} of source {topic!r} of this stream "
                              "(duplicate or out of order); dropped", topic, msg.stream, msg.seq)
         cols = source.columns
@@ -158,21 +147,22 @@ class SourceStepper:
         self._recent[index].append(now_ns)
         if not source.trigger:
             readings.reset = readings.reset or msg.reset
-            return Held()
+            return NoOutput()
         return self._trigger(msg, index, readings, previous, now_ns)
 
     def _trigger(self, msg: SensorMessage, index: int, readings: _Readings,
-                 previous: np.ndarray, now_ns: int) -> Stepped | Rejection | Held:
+                 previous: np.ndarray, now_ns: int) -> Stepped | Rejection | NoOutput:
         missing = [s.topic for s, seq in zip(self.sources, readings.seq, strict=True)
                    if seq < 0]
         if missing:
             self.waiting += 1
             if readings.waiting_reported:
-                return Held()
+                return NoOutput()
             readings.waiting_reported = True
-            return Held({"event": WAITING, "stream": msg.stream, "missing": missing,
-                         "detail": f"not stepped until every source has been seen; waiting "
-                                   f"for {', '.join(missing)}"})
+            return NoOutput({"event": EventKind.WAITING, "stream": msg.stream,
+                             "missing": missing,
+                             "detail": f"not stepped until every source has been seen; "
+                                       f"waiting for {', '.join(missing)}"})
         ages = self._ages_ns(index, readings, now_ns)
         stale = tuple(s.topic for s, age in zip(self.sources, ages, strict=True)
                       if age > s.max_age_ns)
@@ -182,8 +172,8 @@ class SourceStepper:
                 self.stale[topic] += 1
             if self.stale_policy == StalePolicy.SKIP:
                 self.skipped += 1
-                return Held({"event": STALE_SKIPPED, "stream": msg.stream, "seq": msg.seq,
-                             "stale": list(stale)}, stale)
+                return NoOutput({"event": EventKind.STALE_SKIPPED, "stream": msg.stream,
+                                 "seq": msg.seq, "stale": list(stale)}, stale)
             if self.stale_policy == StalePolicy.HOLD:
                 x = readings.x.copy()
                 for s in self.sources:
@@ -240,9 +230,3 @@ class SourceStepper:
         for name in gone:
             del self._readings[name]
         return len(gone)
-
-    def step_many(self, items: Sequence[tuple[list[bytes], int]],
-                  emit: Callable[[Stepped | Rejection | Held, int], None]) -> None:
-        """One at a time, in order (multi-source messages are not batched)."""
-        for frames, t in items:
-            emit(self.step(frames, t), t)

@@ -10,88 +10,39 @@ backend calls as ordering allows: messages of distinct streams share one call;
 a second message of a stream already in the batch first closes the batch, so a
 stream's messages are stepped one after the other, in order, each from the
 state the previous one committed. The results are the same, message for
-message, as :meth:`StreamStepper.step` one at a time.
+message, as :meth:`StreamStepper.step` one at a time. It yields each outcome as
+soon as the backend call holding it is done, so the caller publishes it at once.
+What an outcome becomes (outputs, rejections, events) is the emitter's (emit.py).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 from lstm_stream.core.backends import StepBackend
 from lstm_stream.core.model.contract import ModelContract
 from lstm_stream.core.state.store import Admission, StateStore
-from lstm_stream.core.wire.batch_message import BatchColumns, BatchMessage, MessageDecoder
-from lstm_stream.core.wire.protocol import (
-    BAD_OUTPUT,
-    STEP_FAILED,
-    WRONG_SHARD,
-    Rejection,
-    SensorMessage,
+from lstm_stream.core.step.results import (
+    BatchStepped,
+    Outcome,
+    ReadingOutcome,
+    SteadyRows,
+    Stepped,
 )
+from lstm_stream.core.wire.batch_message import BatchColumns, BatchMessage, MessageDecoder
+from lstm_stream.core.wire.protocol import Rejection, RejectReason, SensorMessage
 from lstm_stream.core.wire.shard import Shard, shard_of
-
-
-@dataclass(slots=True)
-class Stepped:
-    """A message that was stepped: what goes into its output."""
-
-    msg: SensorMessage
-    y: np.ndarray  # (1, outputs + extra outputs) float32: see StreamStepper.values
-    step: int  # steps since the stream's last reset
-    reset: str | None  # why the state was reset before this step
-    gap: int  # seq missed just before this one
-    info: dict[str, Any] | None = None  # more output keys: stale, age_ms, late (sources.py)
-
 
 log = logging.getLogger(__name__)
 
 WARMUP_CALLS = 20  # batch-1 steps before the first message: caches, allocator, IOBinding
 WARMUP_ALL_BATCHES = 64  # every batch size up to this is warmed; powers of two above it
 
-
-@dataclass(slots=True)
-class SteadyRows:
-    """A batch message whose every row was stepped from its stream's own state, with no
-    reset and no rejection (:meth:`StreamStepper.step_batch`'s steady path), as columns."""
-
-    columns: BatchColumns  # what came in
-    y: np.ndarray  # (rows, outputs + extra outputs)
-    steps: list[int]
-    gaps: list[int]
-
-    def as_results(self, topic: str) -> list[Stepped | Rejection]:
-        y = self.y
-        return [Stepped(msg, y[i:i + 1], step, None, gap)  # type: ignore[arg-type]
-                for i, (msg, step, gap) in enumerate(zip(
-                    self.columns.as_rows(topic), self.steps, self.gaps, strict=True))]
-
-
-@dataclass(slots=True)
-class BatchStepped:
-    """What a batch message (batch.py) gave: per row, in row order, its result (built
-    from ``steady`` only when asked for)."""
-
-    topic: str
-    given_results: list[Stepped | Rejection] | None
-    steady: SteadyRows | None = None
-
-    @property
-    def results(self) -> list[Stepped | Rejection]:
-        if self.given_results is None:
-            assert self.steady is not None
-            self.given_results = self.steady.as_results(self.topic)
-        return self.given_results
-
-
-Result = Stepped | Rejection  # of one reading
-Outcome = Stepped | Rejection | BatchStepped  # of one message
-Emit = Callable[[Outcome, int], None]  # (outcome, the message's receive time)
+Timed = tuple[Outcome, int]  # an outcome and its message's receive (or log) time
 
 
 class StreamStepper:
@@ -114,25 +65,6 @@ class StreamStepper:
         self._finite = backend.finite
         # a model exported with a fixed batch of one is stepped one message per call
         self.max_batch = 1 if contract.fixed_batch == 1 else 1 << 30
-        self._outputs = contract.n_outputs
-        self._extras: list[tuple[str, slice]] = []  # columns of y after the policy output
-        start = contract.n_outputs
-        for extra in contract.extras:
-            self._extras.append((extra.name, slice(start, start + extra.width)))
-            start += extra.width
-
-    @property
-    def extras(self) -> list[tuple[str, slice]]:
-        """(name, columns of ``y``) of each of the model's extra outputs."""
-        return self._extras
-
-    def values(self, result: Stepped) -> tuple[list[float], dict[str, list[float]] | None]:
-        """The output's ``y`` and, for a model with extra outputs, ``extra`` by name."""
-        row = result.y[0]
-        if not self._extras:
-            return row.tolist(), None
-        return (row[:self._outputs].tolist(),
-                {name: row[where].tolist() for name, where in self._extras})
 
     def step(self, frames: list[bytes], now_ns: int) -> Outcome:
         """Step one ``[topic, payload]`` message received at ``now_ns`` (monotonic or log time).
@@ -147,7 +79,7 @@ class StreamStepper:
             return msg
         return self.step_message(msg, now_ns)
 
-    def step_message(self, msg: SensorMessage, now_ns: int) -> Stepped | Rejection:
+    def step_message(self, msg: SensorMessage, now_ns: int) -> ReadingOutcome:
         """Step a message already decoded (the feature vector assembled by sources.py)."""
         if self.shard is not None and not self.shard.owns(msg.stream):
             return self._wrong_shard(msg)
@@ -157,15 +89,99 @@ class StreamStepper:
         assert not isinstance(admission, Rejection)
         return self._step_one(msg, admission, now_ns)
 
+    def step_many(self, items: Sequence[tuple[list[bytes], int]], *,
+                  max_batch: int = 64) -> Iterator[Timed]:
+        """Step ``(frames, receive time)`` items, yielding ``(outcome, receive time)`` in
+        the order of ``items``, each as soon as the backend call holding it is done."""
+        pending = _PendingCall()
+        limit = min(max_batch, self.store.max_streams, self.max_batch)
+        decode = self._decode
+        for frames, now_ns in items:
+            msg = decode(frames)
+            kind = type(msg)
+            if kind is SensorMessage:
+                if msg.stream in pending.names:  # type: ignore[union-attr,operator]
+                    yield from self._flush(pending)  # its previous message commits first
+                refused = self._admit_into(pending, msg, now_ns)  # type: ignore[arg-type]
+                if refused is not None:
+                    if pending.entries:
+                        pending.entries.append((refused, now_ns))
+                    else:  # nothing before it is waiting: no reason to hold it
+                        yield refused, now_ns
+                elif pending.full(limit, self.store.room):
+                    yield from self._flush(pending)
+            elif kind is BatchMessage:  # its own rows, after everything before it
+                yield from self._flush(pending)
+                # the message is its sender's batch: its rows share one call
+                yield self.step_batch(msg, now_ns), now_ns  # type: ignore[arg-type]
+            elif pending.entries:
+                pending.entries.append((msg, now_ns))  # type: ignore[arg-type]
+            else:
+                yield msg, now_ns  # type: ignore[misc]
+        yield from self._flush(pending)
+
+    def step_batch(self, message: BatchMessage, now_ns: int) -> BatchStepped:
+        """Step every row of a batch message as a single message with its values would
+        be (distinct streams, so one backend call when the limits allow)."""
+        limit = min(self.store.max_streams, self.max_batch)
+        if message.columns is not None and 1 < len(message.columns.streams) <= limit:
+            steady = self._step_steady(message.columns, now_ns)
+            if steady is not None:
+                return BatchStepped(message.topic, None, steady)
+        results: list[ReadingOutcome] = []
+        pending = _PendingCall()
+        for row in message.rows:
+            if type(row) is SensorMessage:
+                if row.stream in pending.names:  # a duplicate is refused by decoding;
+                    results += self._flush_results(pending)  # kept for safety
+                refused = self._admit_into(pending, row, now_ns)
+                if refused is not None:
+                    pending.entries.append((refused, now_ns))
+                elif pending.full(limit, self.store.room):
+                    results += self._flush_results(pending)
+            else:
+                pending.entries.append((row, now_ns))  # type: ignore[arg-type]
+        results += self._flush_results(pending)
+        return BatchStepped(message.topic, results)
+
+    # -- admission and backend calls ------------------------------------------
+
     def _wrong_shard(self, msg: SensorMessage) -> Rejection:
         assert self.shard is not None
-        return Rejection(WRONG_SHARD, f"stream {msg.stream[:256]!r} belongs to shard "
+        return Rejection(RejectReason.WRONG_SHARD,
+                         f"stream {msg.stream[:256]!r} belongs to shard "
                          f"{shard_of(msg.stream, self.shard.count)} of {self.shard.count}, this "
                          f"runner serves shard {self.shard}; publish it on "
                          f"shard.topic_for(base, stream, {self.shard.count})",
                          msg.topic, msg.stream, msg.seq)
 
-    def _step_one(self, msg: SensorMessage, admission: Admission, now_ns: int) -> Result:
+    def _admit_into(self, pending: _PendingCall, msg: SensorMessage,
+                    now_ns: int) -> Rejection | None:
+        """Admit ``msg`` into the pending call; its rejection when it is refused."""
+        if self.shard is not None and not self.shard.owns(msg.stream):
+            return self._wrong_shard(msg)
+        admission = self.store.admit(msg, now_ns)
+        if type(admission) is Rejection:
+            return admission
+        assert not isinstance(admission, Rejection)
+        pending.add(msg, admission, now_ns)
+        return None
+
+    def _flush(self, pending: _PendingCall) -> list[Timed]:
+        """Step the pending rows in one call; every entry, stepped or held, in order."""
+        if not pending.entries:
+            return []
+        results = iter(self._step_rows(pending.rows))
+        out = [(next(results) if held is None else held, now_ns)
+               for held, now_ns in pending.entries]
+        pending.clear()
+        return out
+
+    def _flush_results(self, pending: _PendingCall) -> list[ReadingOutcome]:
+        return [outcome for outcome, _ in self._flush(pending)]  # type: ignore[misc]
+
+    def _step_one(self, msg: SensorMessage, admission: Admission,
+                  now_ns: int) -> ReadingOutcome:
         self.calls += 1
         try:
             y, new_states = self.backend.step_one(msg.x, admission.states)
@@ -176,58 +192,47 @@ class StreamStepper:
         stream = self.store.commit(admission, msg, new_states, now_ns)
         return Stepped(msg, y, stream.step, admission.reset, admission.gap)
 
-    def _bad_output(self, msg: SensorMessage, y: np.ndarray, new_states: Sequence[np.ndarray],
-                    row: int) -> Rejection:
-        """The rejection of a step whose row ``row`` of the outputs holds NaN or Inf."""
-        bad = []
-        if not np.isfinite(y[row]).all():
-            bad.append(f"output y (first at index {int(np.flatnonzero(~np.isfinite(y[row]))[0])})")
-        for spec, new in zip(self.contract.states, new_states, strict=True):
-            if not np.isfinite(new[:, row]).all():
-                bad.append(f"new state {spec.output!r}")
-        return Rejection(BAD_OUTPUT, f"the model returned NaN or Inf in {' and '.join(bad)}; "
-                         "nothing was published and the stream's state is as it was before "
-                         "this message. Check the model (lstm-stream info) and this input.",
-                         msg.topic, msg.stream, msg.seq)
+    def _step_rows(self, rows: list[tuple[SensorMessage, Admission, int]]
+                   ) -> list[ReadingOutcome]:
+        """Rows of distinct streams in one backend call, committed in one go."""
+        if len(rows) == 1:
+            return [self._step_one(*rows[0])]
+        msgs = [row[0] for row in rows]
+        admissions = [row[1] for row in rows]
+        store = self.store
+        self.calls += 1
+        try:
+            y, new_states = self.backend.step(
+                np.concatenate([m.x for m in msgs]), store.gather(admissions))
+        except Exception:
+            # Step them one by one, so that whatever failed takes down only itself.
+            return [self._step_one(*row) for row in rows]
+        if not self._finite(y, new_states):
+            return self._commit_finite_rows(rows, y, new_states)
+        streams = store.commit_many(admissions, msgs, new_states, [row[2] for row in rows])
+        return [Stepped(m, y[i:i + 1], s.step, a.reset, a.gap)
+                for i, (m, a, s) in enumerate(zip(msgs, admissions, streams, strict=True))]
 
-    def step_many(self, items: Sequence[tuple[list[bytes], int]], emit: Emit, *,
-                  max_batch: int = 64) -> None:
-        """Step ``(frames, receive time)`` items, calling ``emit`` for each result
-        in the order of ``items``, as soon as the batch holding it is stepped."""
-        batch = _Batch(self, emit)
-        limit = min(max_batch, self.store.max_streams, self.max_batch)
-        decode = self._decode
-        for frames, now_ns in items:
-            msg = decode(frames)
-            kind = type(msg)
-            if kind is SensorMessage:
-                self._add(batch, msg, now_ns, limit)  # type: ignore[arg-type]
-            elif kind is BatchMessage:  # its own rows, after everything before it
-                batch.flush()
-                # the message is its sender's batch: its rows share one call
-                emit(self.step_batch(msg, now_ns), now_ns)  # type: ignore[arg-type]
+    def _commit_finite_rows(self, rows: list[tuple[SensorMessage, Admission, int]],
+                            y: np.ndarray, new_states: Sequence[np.ndarray]
+                            ) -> list[ReadingOutcome]:
+        """Commit the rows whose outputs are all finite; reject the others (bad_output)."""
+        ok = np.isfinite(y).all(axis=1)
+        for new in new_states:  # (layers, batch, hidden)
+            ok &= np.isfinite(new).all(axis=(0, 2))
+        keep = np.flatnonzero(ok)
+        kept = [rows[i] for i in keep]
+        streams = iter(self.store.commit_many(
+            [r[1] for r in kept], [r[0] for r in kept], [new[:, keep] for new in new_states],
+            [r[2] for r in kept]))
+        out: list[ReadingOutcome] = []
+        for i, (msg, admission, _) in enumerate(rows):
+            if ok[i]:
+                out.append(Stepped(msg, y[i:i + 1], next(streams).step, admission.reset,
+                                   admission.gap))
             else:
-                batch.hold(msg, now_ns)  # type: ignore[arg-type]
-        batch.flush()
-
-    def step_batch(self, message: BatchMessage, now_ns: int, *,
-                   max_batch: int = 1 << 30) -> BatchStepped:
-        """Step every row of a batch message as a single message with its values would
-        be (distinct streams, so one backend call when the limits allow)."""
-        limit = min(max_batch, self.store.max_streams, self.max_batch)
-        if message.columns is not None and 1 < len(message.columns.streams) <= limit:
-            steady = self._step_steady(message.columns, now_ns)
-            if steady is not None:
-                return BatchStepped(message.topic, None, steady)
-        results: list[Result] = []
-        batch = _Batch(self, lambda result, t: results.append(result))  # type: ignore[arg-type]
-        for row in message.rows:
-            if type(row) is SensorMessage:
-                self._add(batch, row, now_ns, limit)
-            else:
-                batch.hold(row, now_ns)  # type: ignore[arg-type]
-        batch.flush()
-        return BatchStepped(message.topic, results)
+                out.append(self._bad_output(msg, y, new_states, i))
+        return out
 
     def _step_steady(self, columns: BatchColumns, now_ns: int) -> SteadyRows | None:
         """Every row in one backend call with no per-row objects, when each stream steps
@@ -253,44 +258,34 @@ class StreamStepper:
                                     now_ns)
         return SteadyRows(columns, y, steps, gaps)
 
-    def _add(self, batch: _Batch, msg: SensorMessage, now_ns: int, limit: int) -> None:
-        """Admit ``msg`` into ``batch`` (or hold its rejection), flushing as ordering needs."""
-        if self.shard is not None and not self.shard.owns(msg.stream):
-            batch.hold(self._wrong_shard(msg), now_ns)
-            return
-        if msg.stream in batch.names:
-            batch.flush()  # its previous message must be committed first
-        admission = self.store.admit(msg, now_ns)
-        if type(admission) is Rejection:
-            batch.hold(admission, now_ns)
-            return
-        assert not isinstance(admission, Rejection)
-        batch.add(msg, admission, now_ns)
-        # A new stream evicts the least recently used one when the store is full:
-        # close the batch after it, so no stream of the batch is evicted before it
-        # is committed (the batch's own streams are the most recently used).
-        if len(batch.rows) >= limit or (admission.stream is None
-                                         and batch.created > self.store.room):
-            batch.flush()
+    def _bad_output(self, msg: SensorMessage, y: np.ndarray, new_states: Sequence[np.ndarray],
+                    row: int) -> Rejection:
+        """The rejection of a step whose row ``row`` of the outputs holds NaN or Inf."""
+        bad = []
+        if not np.isfinite(y[row]).all():
+            bad.append(f"output y (first at index {int(np.flatnonzero(~np.isfinite(y[row]))[0])})")
+        for spec, new in zip(self.contract.states, new_states, strict=True):
+            if not np.isfinite(new[:, row]).all():
+                bad.append(f"new state {spec.output!r}")
+        return Rejection(RejectReason.BAD_OUTPUT,
+                         f"the model returned NaN or Inf in {' and '.join(bad)}; "
+                         "nothing was published and the stream's state is as it was before "
+                         "this message. Check the model (lstm-stream info) and this input.",
+                         msg.topic, msg.stream, msg.seq)
 
 
-class _Batch:
-    """Messages of distinct streams waiting for one backend call, with the
-    rejections between them, emitted in arrival order when the batch is flushed."""
+class _PendingCall:
+    """Admitted messages of distinct streams waiting for one backend call, with the
+    outcomes held between them (in arrival order) until the call is made. Plain data:
+    the stepper makes the call."""
 
-    def __init__(self, stepper: StreamStepper, emit: Emit) -> None:
-        self.stepper = stepper
-        self.emit = emit
-        self.entries: list[tuple[Result | None, int]] = []  # None: a row to step
+    __slots__ = ("created", "entries", "names", "rows")
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[Outcome | None, int]] = []  # None: a row to step
         self.rows: list[tuple[SensorMessage, Admission, int]] = []
         self.names: set[str] = set()
         self.created = 0  # rows that create a stream
-
-    def hold(self, rejection: Rejection, now_ns: int) -> None:
-        if self.entries:
-            self.entries.append((rejection, now_ns))
-        else:  # nothing before it is waiting: no reason to hold it
-            self.emit(rejection, now_ns)
 
     def add(self, msg: SensorMessage, admission: Admission, now_ns: int) -> None:
         self.entries.append((None, now_ns))
@@ -298,64 +293,24 @@ class _Batch:
         self.names.add(msg.stream)
         self.created += admission.stream is None
 
-    def flush(self) -> None:
-        if not self.entries:
-            return
-        results = iter(self._step_rows())
-        emit = self.emit
-        for held, now_ns in self.entries:
-            emit(next(results) if held is None else held, now_ns)
+    def full(self, limit: int, room: int) -> bool:
+        """Whether the call must be made before another row joins: at the batch limit, or
+        when one more new stream would evict a stream of this call before it commits (a
+        full store evicts the least recently used; this call's streams are the most
+        recently used)."""
+        return len(self.rows) >= limit or (self.rows[-1][1].stream is None
+                                           and self.created > room)
+
+    def clear(self) -> None:
         self.entries.clear()
         self.rows.clear()
         self.names.clear()
         self.created = 0
 
-    def _step_rows(self) -> list[Result]:
-        rows, stepper = self.rows, self.stepper
-        if len(rows) == 1:
-            msg, admission, now_ns = rows[0]
-            return [stepper._step_one(msg, admission, now_ns)]
-        msgs = [row[0] for row in rows]
-        admissions = [row[1] for row in rows]
-        store = stepper.store
-        stepper.calls += 1
-        try:
-            y, new_states = stepper.backend.step(
-                np.concatenate([m.x for m in msgs]), store.gather(admissions))
-        except Exception:
-            # Step them one by one, so that whatever failed takes down only itself.
-            return [stepper._step_one(*row) for row in rows]
-        if not stepper._finite(y, new_states):
-            return self._commit_finite_rows(y, new_states)
-        streams = store.commit_many(admissions, msgs, new_states, [row[2] for row in rows])
-        return [Stepped(m, y[i:i + 1], s.step, a.reset, a.gap)
-                for i, (m, a, s) in enumerate(zip(msgs, admissions, streams, strict=True))]
-
-    def _commit_finite_rows(self, y: np.ndarray, new_states: Sequence[np.ndarray]
-                            ) -> list[Result]:
-        """Commit the rows whose outputs are all finite; reject the others (bad_output)."""
-        rows, stepper = self.rows, self.stepper
-        ok = np.isfinite(y).all(axis=1)
-        for new in new_states:  # (layers, batch, hidden)
-            ok &= np.isfinite(new).all(axis=(0, 2))
-        keep = np.flatnonzero(ok)
-        kept = [rows[i] for i in keep]
-        streams = iter(stepper.store.commit_many(
-            [r[1] for r in kept], [r[0] for r in kept], [new[:, keep] for new in new_states],
-            [r[2] for r in kept]))
-        out: list[Result] = []
-        for i, (msg, admission, _) in enumerate(rows):
-            if ok[i]:
-                out.append(Stepped(msg, y[i:i + 1], next(streams).step, admission.reset,
-                                   admission.gap))
-            else:
-                out.append(stepper._bad_output(msg, y, new_states, i))
-        return out
-
 
 def _failed(msg: SensorMessage, err: Exception) -> Rejection:
-    return Rejection(STEP_FAILED, f"the backend failed: {err}"[:300], msg.topic, msg.stream,
-                     msg.seq)
+    return Rejection(RejectReason.STEP_FAILED, f"the backend failed: {err}"[:300], msg.topic,
+                     msg.stream, msg.seq)
 
 
 def warm_up(backend: StepBackend, contract: ModelContract, max_batch: int) -> float:

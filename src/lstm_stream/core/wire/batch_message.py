@@ -11,7 +11,7 @@ on the same topic as single readings. Each row is decoded, admitted, stepped and
 committed exactly as a single message with its values would be: a bad row (NaN,
 a stale seq, a bad name, a stream named twice) is rejected alone and changes
 nothing. The runner answers with one output message of the same shape
-(:func:`encode_batch_output`): ``y`` a bin of B' x outputs float32 for the B'
+(:func:`encode_batch_columns`): ``y`` a bin of B' x outputs float32 for the B'
 rows that were stepped, ``step``, ``reset`` and ``gap`` as arrays, and one
 rejection per refused row on the diagnostics topic.
 """
@@ -26,16 +26,16 @@ import numpy as np
 
 from lstm_stream.core.wire.protocol import (
     BAD_TYPE,
-    BAD_VALUE,
     DUPLICATE_STREAM,
     MAX_SEQ,
-    MAX_STREAM_NAME_BYTES,
     MISSING_KEY,
     NON_FINITE,
+    SHORT_STREAM_NAME,
     WRONG_LENGTH,
     Rejection,
     SensorDecoder,
     SensorMessage,
+    check_reading,
 )
 
 _NUMBER = (int, float)
@@ -77,14 +77,25 @@ class BatchMessage:
         return self.given_rows
 
 
-class MessageDecoder(SensorDecoder):
-    """A :class:`SensorDecoder` that also takes batch messages (a map with ``streams``)."""
+class MessageDecoder:
+    """Decodes single readings and batch messages (a map with ``streams``) for a model
+    with ``n_features`` inputs; the envelope and single readings are its SensorDecoder's."""
 
-    def _decode_body(self, topic: str,  # type: ignore[override]
-                     body: dict[Any, Any]) -> SensorMessage | BatchMessage | Rejection:
+    def __init__(self, n_features: int, feature_names: tuple[str, ...] | None = None,
+                 max_message_bytes: int = 65536) -> None:
+        self.single = SensorDecoder(n_features, feature_names, max_message_bytes)
+        self.n_features = n_features
+        self._x_bytes = 4 * n_features
+
+    def decode(self, frames: list[bytes]) -> SensorMessage | BatchMessage | Rejection:
+        """Validate one multipart message; never raises on any input."""
+        got = self.single.unpack(frames)
+        if type(got) is Rejection:  # as SensorDecoder.decode: the cheaper test
+            return got
+        topic, body = got
         if "streams" in body:
             return self._decode_batch(topic, body)
-        return self._decode_map(topic, body)
+        return self.single.decode_map(topic, body)
 
     def _decode_batch(self, topic: str, body: dict[Any, Any]) -> BatchMessage | Rejection:
         streams = body["streams"]
@@ -117,9 +128,9 @@ class MessageDecoder(SensorDecoder):
         seen: set[str] = set()
         for i, (stream, seq, stamp, reset) in enumerate(zip(
                 streams, columns["seq"], columns["stamp_ns"], columns["reset"], strict=True)):
-            row = _row(topic, i, stream, seq, stamp, reset)
-            if isinstance(row, Rejection):
-                rows.append(row)
+            refused = check_reading(topic, stream, seq, stamp, reset, i)  # as a single message
+            if refused is not None:
+                rows.append(refused)
                 continue
             if stream in seen:
                 rows.append(Rejection(DUPLICATE_STREAM, f"stream {stream[:256]!r} appears more "
@@ -158,12 +169,15 @@ class MessageDecoder(SensorDecoder):
 
 def _clean_columns(streams: list[Any], seqs: list[Any], stamps: list[Any], resets: list[Any],
                    x: np.ndarray) -> BatchColumns | None:
-    """The columns when every row is valid (what ``_row``, the duplicate and the finite
-    checks would each pass) and none resets; None sends the message row by row."""
+    """The columns when every row is valid (what ``check_reading``, the duplicate and the
+    finite checks would each pass) and none resets; None sends the message row by row.
+
+    check_reading's quick test over whole columns (set, min, max): the same limits,
+    a few C loops instead of a Python loop over the rows."""
     if set(map(type, streams)) != {str} or len(set(streams)) != len(streams):
         return None
-    # at most 4 UTF-8 bytes a character: longer names get the exact check, row by row
-    if not 0 < min(map(len, streams)) <= max(map(len, streams)) <= MAX_STREAM_NAME_BYTES // 4:
+    # longer names may still be valid: they get check_stream's exact test, row by row
+    if not 0 < min(map(len, streams)) <= max(map(len, streams)) <= SHORT_STREAM_NAME:
         return None
     if set(map(type, seqs)) != {int} or min(seqs) < 0 or max(seqs) > MAX_SEQ:
         return None
@@ -173,23 +187,6 @@ def _clean_columns(streams: list[Any], seqs: list[Any], stamps: list[Any], reset
     if set(map(type, resets)) != {bool} or any(resets) or not np.isfinite(x).all():
         return None
     return BatchColumns(streams, seqs, stamps, x)
-
-
-def _row(topic: str, i: int, stream: Any, seq: Any, stamp: Any,
-         reset: Any) -> tuple[()] | Rejection:
-    """Why row ``i`` cannot be stepped, or ``()`` when its keys are valid."""
-    if type(stream) is not str or not stream or len(stream.encode()) > MAX_STREAM_NAME_BYTES:
-        return Rejection(BAD_VALUE, f"'streams'[{i}] must be a name of 1 to "
-                         f"{MAX_STREAM_NAME_BYTES} UTF-8 bytes", topic)
-    if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
-        return Rejection(BAD_VALUE, f"'seq'[{i}] must be an integer between 0 and 2**63-1",
-                         topic, stream)
-    if stamp is not None and (type(stamp) is not int or not 0 <= stamp <= MAX_SEQ):
-        return Rejection(BAD_VALUE, f"'stamp_ns'[{i}] must be an integer (nanoseconds) or nil",
-                         topic, stream, seq)
-    if type(reset) is not bool:
-        return Rejection(BAD_TYPE, f"'reset'[{i}] must be true or false", topic, stream, seq)
-    return ()
 
 
 def encode_sensor_batch(streams: list[str], seqs: list[int], x: np.ndarray, *,
@@ -206,20 +203,13 @@ def encode_sensor_batch(streams: list[str], seqs: list[int], x: np.ndarray, *,
     return out
 
 
-def encode_batch_output(packer: msgpack.Packer, rows: list[Any], y: np.ndarray,
-                        latency_ns: int, extra: dict[str, np.ndarray] | None = None) -> bytes:
-    """The output of a batch message's stepped ``rows`` (Stepped): ``y`` (rows, outputs)."""
-    return encode_batch_columns(
-        packer, [r.msg.stream for r in rows], [r.msg.seq for r in rows],
-        [r.msg.stamp_ns for r in rows], y, [r.step for r in rows], [r.reset for r in rows],
-        [r.gap for r in rows], latency_ns, extra)
-
-
 def encode_batch_columns(packer: msgpack.Packer, streams: list[str], seqs: list[int],
                          stamps: list[int | None], y: np.ndarray, steps: list[int],
                          resets: list[str | None], gaps: list[int], latency_ns: int,
-                         extra: dict[str, np.ndarray] | None = None) -> bytes:
-    """A batch output from its columns (what :func:`encode_batch_output` reads off rows)."""
+                         extra: dict[str, np.ndarray] | None = None,
+                         more: dict[str, Any] | None = None) -> bytes:
+    """A batch output of the stepped rows, as columns: ``y`` (rows, outputs); ``extra``
+    the model's extra outputs by name; ``more`` keys such as ``late`` (a bool per row)."""
     body: dict[str, Any] = {
         "streams": streams, "seq": seqs, "stamp_ns": stamps,
         "y": np.ascontiguousarray(y, dtype="<f4").tobytes(),
@@ -227,6 +217,8 @@ def encode_batch_columns(packer: msgpack.Packer, streams: list[str], seqs: list[
     if extra is not None:
         body["extra"] = {name: np.ascontiguousarray(v, dtype="<f4").tobytes()
                          for name, v in extra.items()}
+    if more is not None:
+        body.update(more)
     out: bytes = packer.pack(body)
     return out
 

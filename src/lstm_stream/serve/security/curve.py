@@ -25,8 +25,6 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from lstm_stream.core.errors import SecurityError
 
-log = logging.getLogger(__name__)
-
 # Environment variables read by client helpers when no keys are passed explicitly
 # (so that `lstm-stream control` works against a secured runner).
 ENV_CLIENT_KEY = "LSTM_STREAM_CLIENT_KEY"  # the client's NAME.key_secret

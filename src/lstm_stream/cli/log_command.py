@@ -1,7 +1,7 @@
 """The ``log`` command: ``log info``, ``log export --foxglove`` and ``log recover``.
 
-Like cli/logs.py, it imports the library modules that need the ``[logs]`` (or
-``[ros]``) extra only in its handlers, through ``_library``, so that a missing
+Like cli/record_replay_eval.py, it imports the library modules that need the ``[logs]`` (or
+``[ros]``) extra only in its handlers, under ``logs_extra()``, so that a missing
 extra is one clear error.
 """
 
@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lstm_stream.cli.logs import _library, _progress
+from lstm_stream.cli.extras import logs_extra
+from lstm_stream.cli.record_replay_eval import _progress
 from lstm_stream.core.errors import ConfigError
 from lstm_stream.core.model.contract import load_contract
 
@@ -53,21 +54,24 @@ def _add_log(sub: Any) -> None:
 
 
 def _log_info(args: argparse.Namespace) -> int:
-    rosbag = _library("lstm_stream.logs.rosbag")
-    if rosbag.is_rosbag(args.file):  # a ROS 1 .bag or a rosbag2 directory (the [ros] extra)
-        bag = rosbag.RosBag(args.file)
+    with logs_extra():
+        from lstm_stream.logs.rosbag import RosBag, is_rosbag, render_summary
+    if is_rosbag(args.file):  # a ROS 1 .bag or a rosbag2 directory (the [ros] extra)
+        bag = RosBag(args.file)
         summary = bag.summary()
         bag.close()
-        print(json.dumps(summary, indent=2) if args.json else rosbag.render_summary(summary))
+        print(json.dumps(summary, indent=2) if args.json else render_summary(summary))
         return 0
-    info = _library("lstm_stream.logs.info")
-    summary = info.summarize(args.file)
-    print(json.dumps(summary, indent=2) if args.json else info.render(summary))
+    with logs_extra():
+        from lstm_stream.logs.info import render, summarize
+    summary = summarize(args.file)
+    print(json.dumps(summary, indent=2) if args.json else render(summary))
     return 0
 
 
 def _log_export(args: argparse.Namespace) -> int:
-    foxglove = _library("lstm_stream.logs.foxglove")
+    with logs_extra():
+        from lstm_stream.logs.foxglove import export_foxglove
     source = Path(args.file)
     target = Path(args.output) if args.output else source.with_name(
         source.name.removesuffix(".mcap") + ".foxglove.mcap")
@@ -76,19 +80,18 @@ def _log_export(args: argparse.Namespace) -> int:
     names = None
     if args.model:
         names = load_contract(args.model).output_names
-    written = foxglove.export_foxglove(source, target, output_names=names,
-                                       progress=_progress())
+    written = export_foxglove(source, target, output_names=names, progress=_progress())
     print(f"log export: {written} messages written to {target} (JSON, one JSON schema per "
           "channel: open it in Foxglove)")
     return 0
 
 
 def _log_recover(args: argparse.Namespace) -> int:
-    recover = _library("lstm_stream.logs.recover")
+    with logs_extra():
+        from lstm_stream.logs.recover import recover
     if args.in_place and args.output:
         raise ConfigError("Give either --output or --in-place, not both.")
-    report = recover.recover(args.file, args.output, in_place=args.in_place,
-                             progress=_progress())
+    report = recover(args.file, args.output, in_place=args.in_place, progress=_progress())
     state = "was complete" if report.was_complete else "was truncated"
     print(f"log recover: {report.source} {state}; {report.messages} messages written to "
           f"{report.output}")

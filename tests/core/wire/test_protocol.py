@@ -182,3 +182,47 @@ def test_values_beyond_float32_are_out_of_range_not_nan(decoder: SensorDecoder) 
         got.detail)
     got = decoder.decode(frames({"seq": 0, "x": [0.0, math.inf, 0.0, 0.0]}))
     assert isinstance(got, Rejection) and "holds NaN or Inf (first at index 1)" in got.detail
+
+
+def test_a_valid_long_name_passes_the_exact_check(decoder: SensorDecoder) -> None:
+    # past the quick test's SHORT_STREAM_NAME characters, within the byte limit
+    name = "é" * 128  # 256 UTF-8 bytes
+    got = decoder.decode(frames({"stream": name, "seq": 1, "x": [0] * F}))
+    assert isinstance(got, SensorMessage) and got.stream == name
+
+
+def test_diagnostics_events_are_their_wire_values() -> None:
+    assert [str(e) for e in p.EventKind] == ["rejected", "stream_expired", "waiting",
+                                             "stale_skipped"]
+    wire = Rejection(p.BAD_VALUE, "why").to_wire()
+    assert msgpack.unpackb(msgpack.packb(wire))["event"] == "rejected"
+
+
+def control(body: object) -> bytes:
+    return msgpack.packb(body, use_bin_type=True)
+
+
+@pytest.mark.parametrize(("raw", "reason", "reply"), [
+    (b"\xc1", p.NOT_MSGPACK,
+     'request is not msgpack (FormatError); send a map such as {"cmd": "status"}'),
+    (control([1]), p.NOT_MAP,
+     "request must be a map with a string 'cmd': status, streams or reset"),
+    (control({}), p.MISSING_KEY,
+     "request must be a map with a string 'cmd': status, streams or reset"),
+    (control({"cmd": 3}), p.BAD_TYPE,
+     "request must be a map with a string 'cmd': status, streams or reset"),
+    (control({"cmd": "stop"}), p.BAD_VALUE, "unknown cmd 'stop'; known: status, streams, reset"),
+    (control({"cmd": "reset", "stream": None}), p.BAD_TYPE,
+     "'stream' must be a string, or absent to reset every stream"),
+], ids=["garbage", "array", "no cmd", "cmd int", "unknown cmd", "reset nil stream"])
+def test_a_malformed_control_request_says_why(raw: bytes, reason: p.RejectReason,
+                                              reply: str) -> None:
+    got = p.decode_control_request(raw)
+    assert got == p.Invalid(reason, reply)  # detail: the text of the error reply
+
+
+@pytest.mark.parametrize("command", list(p.ControlCommand))
+def test_control_commands_decode_to_their_enum(command: p.ControlCommand) -> None:
+    got = p.decode_control_request(control({"cmd": command.value}))
+    assert isinstance(got, p.ControlRequest) and got.cmd is command and got.stream is None
+    assert p.CONTROL_COMMANDS == ("status", "streams", "reset")

@@ -11,9 +11,9 @@ import numpy as np
 
 from lstm_stream.core.backends import create_backend
 from lstm_stream.core.model.contract import load_contract
-from lstm_stream.core.step.emit import STREAM_EXPIRED, Emitter
+from lstm_stream.core.step.emit import Emitter, LiveClock
 from lstm_stream.core.step.stepper import StreamStepper
-from lstm_stream.core.wire.protocol import Rejection, encode_sensor
+from lstm_stream.core.wire.protocol import encode_sensor
 
 from helpers.support import REPO
 
@@ -37,17 +37,15 @@ def test_outputs_rejections_and_expiries_are_counted_and_encoded_as_on_the_wire(
     stepper = StreamStepper(contract, create_backend("onnxruntime", contract),
                             idle_timeout_s=1.0)
     sink = ListSink()
-    emitter = Emitter(stepper, sink)
+    now = [0]  # the runner's monotonic clock, 123 ns after each receive time below
+    emitter = Emitter(contract, sink, clock=LiveClock(monotonic=lambda: now[0]))
     x = np.linspace(-1, 1, contract.n_features, dtype=np.float32)
     sent = [encode_sensor(0, x, stream="a"), encode_sensor(0, x, stream="b"),
             encode_sensor(0, x, stream="a"),  # stale seq: rejected
             encode_sensor(1, x, stream="a")]
     for k, payload in enumerate(sent):
-        result = stepper.step([b"sensors", payload], k)
-        if isinstance(result, Rejection):
-            emitter.rejection(result, k)
-        else:
-            emitter.output(result, 123, k)
+        now[0] = k + 123
+        assert emitter.emit(stepper.step([b"sensors", payload], k), k)
     expired = emitter.expire(stepper.store, 10 * SEC)
 
     kinds = [(kind, body.get("stream"), t) for kind, body, t in sink.messages]
@@ -58,7 +56,7 @@ def test_outputs_rejections_and_expiries_are_counted_and_encoded_as_on_the_wire(
     assert first["seq"] == 0 and first["step"] == 1 and first["reset"] == "new_stream"
     assert first["latency_ns"] == 123 and len(first["y"]) == contract.n_outputs
     assert sink.messages[2][1]["reason"] == "stale_seq"
-    assert sink.messages[5][1]["event"] == STREAM_EXPIRED and sink.messages[5][1]["last_seq"] == 1
+    assert sink.messages[5][1]["event"] == "stream_expired" and sink.messages[5][1]["last_seq"] == 1
     assert sorted(s.name for s in expired) == ["a", "b"]
     c = emitter.counters
     assert (c.stepped, c.published, c.expired) == (3, 3, 2)

@@ -7,7 +7,7 @@ import struct
 
 from mcap.opcode import Opcode
 
-from lstm_stream.logs.records import MESSAGE_RECORD, RECORD, message_times, messages_in
+from lstm_stream.logs.mcap_records import MESSAGE_RECORD, RECORD, message_times, messages_in
 
 
 def message(cid: int, log_time: int, data: bytes, publish: int = 7) -> bytes:

@@ -18,8 +18,9 @@ from lstm_stream.core.config.runner import RunnerConfig, SourceConfig, load_runn
 from lstm_stream.core.config.sources import resolve_sources
 from lstm_stream.core.errors import ConfigError
 from lstm_stream.core.model.contract import ModelContract
-from lstm_stream.core.step.sources import Held, SourceStepper, StalePolicy
-from lstm_stream.core.step.stepper import Stepped, StreamStepper
+from lstm_stream.core.step.results import NoOutput, Stepped
+from lstm_stream.core.step.sources import SourceStepper, StalePolicy
+from lstm_stream.core.step.stepper import StreamStepper
 from lstm_stream.core.wire.protocol import Rejection, encode_sensor
 
 from helpers.sources import FEATURES, ISSUE_TOML, make_model
@@ -53,7 +54,7 @@ def reference(contract: ModelContract) -> StreamStepper:
 
 def send(src: SourceStepper, topic: str, seq: int, x: list[float] | dict[str, float], *,
          t: int = 0, stamp: int | None = None, stream: str = "car1",
-         reset: bool = False) -> Stepped | Rejection | Held:
+         reset: bool = False) -> Stepped | Rejection | NoOutput:
     if isinstance(x, dict):  # x as a map of the source's feature names
         body: dict[str, object] = {"stream": stream, "seq": seq, "x": x, "reset": reset}
         if stamp is not None:
@@ -77,12 +78,12 @@ def test_triggers_wait_for_every_source_then_step_the_assembled_vector(
         contract: ModelContract, config: RunnerConfig) -> None:
     src, ref = assembler(contract, config), reference(contract)
     first = send(src, "imu", 0, [0.1, 0.2, 0.3])
-    assert isinstance(first, Held) and first.event is not None
+    assert isinstance(first, NoOutput) and first.event is not None
     assert first.event["event"] == "waiting" and first.event["missing"] == ["wheels", "gnss"]
     again = send(src, "imu", 1, [0.1, 0.2, 0.3])
-    assert isinstance(again, Held) and again.event is None  # said once per stream
-    assert isinstance(send(src, "wheels", 0, [12.5]), Held)
-    assert isinstance(send(src, "gnss", 0, {"lat_err": 0.4, "heading_err": -0.1}), Held)
+    assert isinstance(again, NoOutput) and again.event is None  # said once per stream
+    assert isinstance(send(src, "wheels", 0, [12.5]), NoOutput)
+    assert isinstance(send(src, "gnss", 0, {"lat_err": 0.4, "heading_err": -0.1}), NoOutput)
     out = send(src, "imu", 2, {"ax": 1.0, "ay": -2.0, "yaw_rate": 0.5})
     assert isinstance(out, Stepped) and out.msg.seq == 2 and out.info == {"stale": None}
     want = ref.step([b"imu", encode_sensor(2, np.array([1, -2, 0.5, 12.5, 0.4, -0.1],
@@ -129,7 +130,7 @@ def test_bad_input_on_a_source_is_rejected_and_changes_nothing(
 
 def test_stale_sources_are_flagged_skipped_or_held(contract: ModelContract,
                                                    config: RunnerConfig) -> None:
-    def run(policy: StalePolicy) -> list[Stepped | Rejection | Held]:
+    def run(policy: StalePolicy) -> list[Stepped | Rejection | NoOutput]:
         src = assembler(contract, config, stale=policy, ages=True)
         out = [send(src, "wheels", 0, [1.0], stamp=0), send(src, "gnss", 0, [0.1, 0.2], stamp=0),
                send(src, "imu", 0, [0.0, 0.0, 0.0], stamp=10 * MS)]  # all fresh
@@ -142,7 +143,7 @@ def test_stale_sources_are_flagged_skipped_or_held(contract: ModelContract,
     assert flagged.info["stale"] == ["wheels"]  # 100 ms > 60; gnss 100 ms < 250
     assert flagged.info["age_ms"] == {"imu": 0.0, "wheels": 100.0, "gnss": 100.0}
     skipped = run(StalePolicy.SKIP)[-1]
-    assert isinstance(skipped, Held) and skipped.event is not None
+    assert isinstance(skipped, NoOutput) and skipped.event is not None
     assert skipped.event == {"event": "stale_skipped", "stream": "car1", "seq": 1,
                              "stale": ["wheels"]}
     held = run(StalePolicy.HOLD)[-1]

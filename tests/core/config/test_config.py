@@ -9,7 +9,7 @@ import pytest
 from lstm_stream.core.config.runner import RunnerConfig, load_runner_config
 from lstm_stream.core.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_shipped_runner_toml_equals_the_builtin_defaults() -> None:

@@ -9,10 +9,12 @@ import pytest
 
 from lstm_stream.core.backends import create_backend
 from lstm_stream.core.model.contract import ModelContract, load_contract
-from lstm_stream.core.step.emit import Emitter
-from lstm_stream.core.step.stepper import BatchStepped, Stepped, StreamStepper
+from lstm_stream.core.step.emit import Emitter, LiveClock
+from lstm_stream.core.step.results import BatchStepped, Stepped
+from lstm_stream.core.step.stepper import StreamStepper
 from lstm_stream.core.wire.batch_message import (
     BatchMessage,
+    MessageDecoder,
     decode_batch_output,
     encode_sensor_batch,
 )
@@ -122,7 +124,7 @@ def test_batch_outputs_decode_to_the_rows(contract: ModelContract) -> None:
     x[1, 0] = np.inf
     got = s.step([b"sensors", encode_sensor_batch(["a", "b", "c"], [0, 0, 0], x)], 0)
     assert isinstance(got, BatchStepped)
-    assert Emitter(s, sink).output_batch(got, 7, 0) == 2
+    assert Emitter(s.contract, sink, clock=LiveClock(monotonic=lambda: 7)).output_batch(got, 0) == 2
     out, rejected = (msgpack.unpackb(p) for p in sink.outputs)
     assert out["streams"] == ["a", "c"] and out["step"] == [1, 1] and out["latency_ns"] == 7
     y = decode_batch_output(out, contract.n_outputs)
@@ -154,8 +156,8 @@ def test_the_steady_path_writes_what_the_row_by_row_path_writes(
         want = slow.step_batch(row_by_row(msg), tick * 1000)
         took.append(got.steady is not None)
         assert want.steady is None
-        Emitter(fast, fast_out).output_batch(got, 5, tick)
-        Emitter(slow, slow_out).output_batch(want, 5, tick)
+        Emitter(fast.contract, fast_out).output_batch(got, tick)
+        Emitter(slow.contract, slow_out).output_batch(want, tick)
         assert fast_out.outputs[-1] == slow_out.outputs[-1], tick  # byte for byte
         for stream in slow.store.streams():
             mine = fast.store.get(stream.name)
@@ -213,3 +215,36 @@ def test_the_steady_path_declines_what_needs_admission_row_by_row(
     assert isinstance(plain, BatchStepped)
     assert (plain.steady is not None) == (case != "long name")
     assert all(isinstance(r, Stepped) for r in plain.results)
+
+
+GOOD = {"stream": "car1", "seq": 3, "stamp_ns": 10, "reset": False}
+BAD_KEYS = [
+    ("stream", 5, "bad_type"), ("stream", None, "bad_type"), ("stream", "", "bad_value"),
+    ("stream", "é" * 200, "bad_value"),
+    ("seq", "1", "bad_type"), ("seq", 1.0, "bad_type"), ("seq", True, "bad_type"),
+    ("seq", -1, "bad_value"), ("seq", 2**63, "bad_value"), ("seq", None, "missing_key"),
+    ("stamp_ns", "now", "bad_type"), ("stamp_ns", 1.5, "bad_type"),
+    ("stamp_ns", -5, "bad_value"),
+    ("reset", "yes", "bad_type"), ("reset", 1, "bad_type"), ("reset", None, "bad_type"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), BAD_KEYS,
+                         ids=[f"{k} {v!r}"[:24] for k, v, _ in BAD_KEYS])
+def test_a_bad_value_gets_the_same_rejection_alone_and_in_a_batch_row(
+        key: str, value: object, reason: str) -> None:
+    decoder = MessageDecoder(4)
+    reading = {**GOOD, key: value}
+    single = decoder.decode([b"sensors", msgpack.packb({**reading, "x": [0.0] * 4})])
+    first = {"stream": "car0", "seq": 0, "stamp_ns": 0, "reset": False}  # a valid row
+    columns = {"streams" if k == "stream" else k: [first[k], v] for k, v in reading.items()}
+    batch = decoder.decode([b"sensors", msgpack.packb({**columns, "x": [[0.0] * 4] * 2})])
+    assert isinstance(single, Rejection) and single.reason == reason
+    assert isinstance(batch, BatchMessage)
+    ok, row = batch.rows
+    assert not isinstance(ok, Rejection)
+    assert isinstance(row, Rejection)
+    assert (row.reason, row.stream, row.seq) == (single.reason, single.stream, single.seq)
+    # the same words, the key named as the batch's column and row
+    named = f"'{'streams' if key == 'stream' else key}'[1]"
+    assert row.detail == single.detail.replace(f"'{key}'", named, 1)

@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 
 from lstm_stream.core.backends import create_backend
 from lstm_stream.core.model.contract import ModelContract, load_contract
-from lstm_stream.core.step.stepper import Result, Stepped, StreamStepper, warm_up
+from lstm_stream.core.step.results import Outcome as Result
+from lstm_stream.core.step.results import Stepped
+from lstm_stream.core.step.stepper import StreamStepper, warm_up
 from lstm_stream.core.wire.protocol import Rejection, encode_sensor
 
 from helpers.support import REPO, poisoned_model
@@ -83,7 +85,7 @@ def _batched(stepper: StreamStepper, items: list[tuple[list[bytes], int]],
     for size in [*chunks, len(items)]:
         chunk = items[start:start + size]
         if chunk:
-            stepper.step_many(chunk, lambda r, t: out.append((r, t)), max_batch=max_batch)
+            out += stepper.step_many(chunk, max_batch=max_batch)
         start += len(chunk)
     assert [t for _, t in out] == [t for _, t in items]  # emitted in arrival order
     return [r for r, _ in out]

@@ -2,13 +2,13 @@
 
 Real runner subprocesses, real sockets: the stack binds one sensor PUB and one
 output SUB; every runner connects to both and subscribes to its shard's topic.
+The shard functions themselves are tested in tests/core/wire/test_shard.py.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -18,27 +18,12 @@ import pytest
 import zmq
 
 from lstm_stream.core.wire.protocol import encode_sensor
-from lstm_stream.core.wire.shard import Shard, shard_of, shard_topic, topic_for
+from lstm_stream.core.wire.shard import shard_of, shard_topic, topic_for
 from lstm_stream.serve.client import control_request
 
 from helpers.support import REPO, Reference, Served, VehicleStack, serve_process
 
 MODEL = REPO / "models" / "random_lstm.onnx"
-
-
-def test_shard_of_is_crc32_of_the_utf8_name() -> None:
-    # The definition a vehicle stack in another language must reproduce: the standard
-    # CRC-32 (zlib, IEEE 802.3), whose check value for "123456789" is 0xCBF43926.
-    assert shard_of("123456789", 65536) == 0xCBF43926 % 65536
-    assert shard_of("trüffel", 3) == zlib.crc32("trüffel".encode()) % 3
-    assert shard_of("car-7", 4) == 0
-    assert topic_for("sensors", "car-7", 4) == "sensors/0/4" == shard_topic("sensors", 0, 4)
-    assert Shard(0, 4).owns("car-7") and not Shard(1, 4).owns("car-7")
-
-
-def test_streams_spread_over_every_shard() -> None:
-    counts = np.bincount([shard_of(f"sim-{i}", 8) for i in range(8000)], minlength=8)
-    assert counts.min() > 850 and counts.max() < 1150  # ~1000 each
 
 
 def test_bad_shard_argument_is_a_usage_error() -> None:

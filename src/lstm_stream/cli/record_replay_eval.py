@@ -1,15 +1,15 @@
-"""The ``record``, ``replay``, ``eval`` and ``log`` commands: parse, call the library, print.
+"""The ``record``, ``replay`` and ``eval`` commands: parse, call the library, print.
 
 Imported by ``lstm_stream.cli.main`` at start-up, so this module imports neither
-``mcap`` nor ``matplotlib``: the handlers import the library modules, and a
-missing ``[logs]`` extra becomes one clear error instead of a traceback.
+``mcap`` nor ``matplotlib``: the handlers import the library modules, under
+``logs_extra()``, and a missing ``[logs]`` extra becomes one clear error instead
+of a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import os
 import select
@@ -19,16 +19,17 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import Any, TextIO
 
-from lstm_stream.cli.main import add_model_io_options, model_io_overrides
+from lstm_stream.cli.extras import logs_extra
+from lstm_stream.cli.model_io import add_model_io_options, model_io_overrides
 from lstm_stream.cli.progress import TerminalProgress
 from lstm_stream.core.backends import BackendName
 from lstm_stream.core.config.runner import load_runner_config
-from lstm_stream.core.errors import ConfigError, EvaluationError, LogError
+from lstm_stream.core.errors import ConfigError, EvaluationError
 from lstm_stream.evaluate.options import ENCODINGS, EvalOptions
 from lstm_stream.evaluate.report import render_table
+from lstm_stream.logs.replay_options import ReplayConfig
 
 RECORD_EPILOG = """\
 examples:
@@ -69,22 +70,10 @@ and --report must be on storage every node reads (docs/logs.md).
 
 def add_commands(sub: Any) -> None:
     """Add ``record``, ``replay`` and ``eval`` to the ``lstm-stream`` parser (``log``
-    is cli/logfile.py's)."""
+    is cli/log_command.py's)."""
     _add_record(sub)
     _add_replay(sub)
     _add_eval(sub)
-
-
-def _library(name: str) -> ModuleType:
-    """Import a module that needs the [logs] extra, with a clear error when it is missing."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as err:
-        missing = (err.name or "").split(".")[0]
-        if missing in ("mcap", "zstandard", "lz4", "matplotlib"):
-            raise LogError(f"This command needs the {missing!r} package: install the logs "
-                           "extra with `pip install 'lstm-stream[logs]'`.") from err
-        raise
 
 
 def _progress() -> Any:
@@ -122,15 +111,16 @@ def _add_record(sub: Any) -> None:
 
 
 def _record(args: argparse.Namespace) -> int:
-    record = _library("lstm_stream.logs.record")
-    config = record.RecordConfig(
+    with logs_extra():
+        from lstm_stream.logs.record import RecordConfig, Recorder
+    config = RecordConfig(
         input=args.input, output=Path(args.output), topics=_topics(args.topics), bind=args.bind,
         duration_s=args.duration,
         split_bytes=None if args.split_size is None else int(args.split_size * 1e6),
         split_duration_s=args.split_duration)
-    recorder = record.Recorder(config, progress=_progress(),
-                               on_ready=lambda line: print(f"record: {line}", file=sys.stderr,
-                                                           flush=True))
+    recorder = Recorder(config, progress=_progress(),
+                        on_ready=lambda line: print(f"record: {line}", file=sys.stderr,
+                                                    flush=True))
     try:
         report = recorder.run()
     finally:
@@ -192,15 +182,16 @@ def _remap(items: list[str]) -> dict[str, str]:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    replay = _library("lstm_stream.logs.replay")
-    config = replay.ReplayConfig(
+    with logs_extra():
+        from lstm_stream.logs.replay import Replayer
+    config = ReplayConfig(
         paths=[Path(p) for p in args.logs], output=args.output, connect=args.connect,
         rate=args.rate, loop=args.loop, start_s=args.start, duration_s=args.duration,
         topics=_topics(args.topics), remap=_remap(args.remap),
         wait_subscribers=0 if args.no_wait else args.wait_subscribers,
         wait_timeout_s=args.wait_timeout, control=args.control, start_paused=args.paused,
         sources=list(load_runner_config(args.config).input.sources) if args.config else [])
-    with replay.Replayer(config, progress=_progress()) as replayer:
+    with Replayer(config, progress=_progress()) as replayer:
         if config.wait_subscribers:
             print(f"replay: waiting for {config.wait_subscribers} subscriber(s) on "
                   f"{replayer.endpoint}", file=sys.stderr)
@@ -333,8 +324,9 @@ def _target_fields(given: list[str]) -> dict[str, str]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    fleet = _library("lstm_stream.evaluate.fleet")
-    compare = _library("lstm_stream.evaluate.compare")
+    with logs_extra():
+        from lstm_stream.evaluate.compare import check_reference
+        from lstm_stream.evaluate.fleet import evaluate
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1; got {args.workers}.")
     if args.ray is not None and args.workers > 1:
@@ -369,8 +361,8 @@ def _eval(args: argparse.Namespace) -> int:
         sources=[dataclasses.asdict(s) for s in cfg.input.sources],
         stale=cfg.freshness.stale, ages=cfg.output.ages, batch=cfg.batching.max_batch,
         encoding=args.encoding)
-    report = fleet.evaluate(args.logs, options, workers=args.workers, progress=_progress(),
-                               ray_address=args.ray)
+    report = evaluate(args.logs, options, workers=args.workers, progress=_progress(),
+                      ray_address=args.ray)
     # With --json, stdout carries exactly one JSON document; every other line is stderr's.
     lines = sys.stderr if args.json else sys.stdout
     if args.json:
@@ -393,7 +385,7 @@ def _eval(args: argparse.Namespace) -> int:
             + ". Check that the log's sensor messages fit the model (`lstm-stream info MODEL`, "
             "`lstm-stream log info LOG`).")
     if args.reference:
-        _reference(compare.check_reference, report, args, lines)
+        _reference(check_reference, report, args, lines)
     return 0
 
 
