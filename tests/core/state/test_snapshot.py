@@ -90,11 +90,11 @@ def test_round_trip_restores_every_stream_exactly(tmp_path: Path) -> None:
     assert a is not None
     adm = fresh.admit(msg("a", 5), 50 * SEC)
     assert isinstance(adm, Admission)
-    assert adm.reset == s.RESTORED and adm.gap == 1 and adm.states is a.states
+    assert adm.reset == s.ResetReason.RESTORED and adm.gap == 1 and adm.states is a.states
     fresh.commit(adm, msg("a", 5), a.states, 50 * SEC)
     assert a.step == 5  # counting goes on: the state was not zeroed
     adm_c = fresh.admit(msg("c", 4), 50 * SEC)
-    assert isinstance(adm_c, Admission) and adm_c.reset == s.CONTROL
+    assert isinstance(adm_c, Admission) and adm_c.reset == s.ResetReason.CONTROL
     assert not any(x.any() for x in adm_c.states)
 
 
@@ -105,7 +105,7 @@ def test_restored_stream_with_gap_beyond_bound_resets_as_gap(tmp_path: Path) -> 
     fresh = StateStore(SPECS, idle_timeout_s=5.0, max_gap=2)
     restore(fresh, path, SHA, now_ns=SEC, unix_ns=10 * SEC)
     adm = fresh.admit(msg("a", 10), SEC)
-    assert isinstance(adm, Admission) and adm.reset == s.GAP and adm.gap == 6
+    assert isinstance(adm, Admission) and adm.reset == s.ResetReason.GAP and adm.gap == 6
     # a stale seq after a restore is still dropped
     assert not isinstance(fresh.admit(msg("a", 3), SEC), Admission)
 
@@ -200,7 +200,7 @@ def test_streams_idle_too_long_by_now_are_not_restored_but_remembered(tmp_path: 
     assert (result.restored, result.idle) == (1, 1)
     assert "quiet" not in fresh and "busy" in fresh
     adm = fresh.admit(msg("quiet", 1), 0)
-    assert isinstance(adm, Admission) and adm.reset == s.IDLE
+    assert isinstance(adm, Admission) and adm.reset == s.ResetReason.IDLE
 
 
 def test_snapshot_format_holds_no_pickle_and_rejects_bad_values(tmp_path: Path) -> None:

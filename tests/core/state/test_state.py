@@ -8,7 +8,7 @@ import pytest
 from lstm_stream.core.model.contract import StateSpec
 from lstm_stream.core.state import store as s
 from lstm_stream.core.state.store import Admission, StateStore
-from lstm_stream.core.wire.protocol import STALE_SEQ, Rejection, SensorMessage
+from lstm_stream.core.wire.protocol import Rejection, RejectReason, SensorMessage
 
 SPECS = (StateSpec("h", "h_out", 2, 3), StateSpec("c", "c_out", 2, 3))
 SEC = 1_000_000_000
@@ -31,7 +31,7 @@ def admit_and_commit(store: StateStore, m: SensorMessage, now: int,
 def test_first_message_starts_from_zeros_and_is_a_new_stream() -> None:
     store = StateStore(SPECS)
     adm = admit_and_commit(store, msg("a", 10), 0)
-    assert adm.reset == s.NEW_STREAM and adm.gap == 0
+    assert adm.reset == s.ResetReason.NEW_STREAM and adm.gap == 0
     assert all(not st.any() for st in adm.states)
     stream = store.get("a")
     assert stream is not None and stream.last_seq == 10 and stream.step == 1
@@ -72,7 +72,7 @@ def test_gap_larger_than_bound_resets() -> None:
     admit_and_commit(store, msg("a", 0), 0)
     assert admit_and_commit(store, msg("a", 3), 1).reset is None  # gap 2: within bound
     adm = admit_and_commit(store, msg("a", 7), 2)
-    assert adm.reset == s.GAP and adm.gap == 3
+    assert adm.reset == s.ResetReason.GAP and adm.gap == 3
     assert all(not st.any() for st in adm.states)
 
 
@@ -81,7 +81,7 @@ def test_duplicate_or_older_seq_is_rejected_and_changes_nothing(seq: int) -> Non
     store = StateStore(SPECS)
     admit_and_commit(store, msg("a", 5), 0, value=7.0)
     got = store.admit(msg("a", seq), 1)
-    assert isinstance(got, Rejection) and got.reason == STALE_SEQ
+    assert isinstance(got, Rejection) and got.reason == RejectReason.STALE_SEQ
     assert f"seq {seq}" in got.detail and "last stepped seq 5" in got.detail
     stream = store.get("a")
     assert stream is not None and stream.last_seq == 5
@@ -92,7 +92,7 @@ def test_requested_reset_zeroes_and_restarts_the_sequence() -> None:
     store = StateStore(SPECS)
     admit_and_commit(store, msg("a", 5), 0)
     adm = admit_and_commit(store, msg("a", 0, reset=True), 1)  # a restarted publisher
-    assert adm.reset == s.REQUESTED and all(not st.any() for st in adm.states)
+    assert adm.reset == s.ResetReason.REQUESTED and all(not st.any() for st in adm.states)
     stream = store.get("a")
     assert stream is not None and stream.step == 1 and stream.last_seq == 0
 
@@ -107,16 +107,16 @@ def test_control_reset_of_one_stream_and_of_all() -> None:
     assert b is not None and all(not st.any() for st in b.states)
     adm_b = admit_and_commit(store, msg("b", 1), 1)
     adm_a = admit_and_commit(store, msg("a", 1), 1)
-    assert adm_b.reset == s.CONTROL and adm_a.reset is None
+    assert adm_b.reset == s.ResetReason.CONTROL and adm_a.reset is None
     assert store.request_reset() == 3
-    assert all(admit_and_commit(store, msg(n, 2), 2).reset == s.CONTROL for n in "abc")
+    assert all(admit_and_commit(store, msg(n, 2), 2).reset == s.ResetReason.CONTROL for n in "abc")
 
 
 def test_idle_stream_is_reset_on_its_next_message() -> None:
     store = StateStore(SPECS, idle_timeout_s=1.0)
     admit_and_commit(store, msg("a", 9), 0)
     adm = admit_and_commit(store, msg("a", 3), 2 * SEC)  # any seq after idle
-    assert adm.reset == s.IDLE
+    assert adm.reset == s.ResetReason.IDLE
 
 
 def test_expiry_forgets_idle_streams_and_reports_them_as_idle_later() -> None:
@@ -126,7 +126,7 @@ def test_expiry_forgets_idle_streams_and_reports_them_as_idle_later() -> None:
     expired = store.expire(2 * SEC)
     assert [e.name for e in expired] == ["old"] and store.expired == 1
     assert "old" not in store and "new" in store
-    assert admit_and_commit(store, msg("old", 1), 2 * SEC).reset == s.IDLE
+    assert admit_and_commit(store, msg("old", 1), 2 * SEC).reset == s.ResetReason.IDLE
 
 
 def test_stream_cap_evicts_least_recently_used() -> None:
@@ -137,7 +137,7 @@ def test_stream_cap_evicts_least_recently_used() -> None:
     admit_and_commit(store, msg("c", 0), 3)
     assert "b" not in store and {"a", "c"} <= {x.name for x in store.streams()}
     assert store.evicted == 1 and len(store) == 2
-    assert admit_and_commit(store, msg("b", 1), 4).reset == s.EVICTED
+    assert admit_and_commit(store, msg("b", 1), 4).reset == s.ResetReason.EVICTED
 
 
 def test_uncommitted_admission_changes_nothing() -> None:

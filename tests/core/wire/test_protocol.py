@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from lstm_stream.core.wire import protocol as p
 from lstm_stream.core.wire.protocol import Rejection, SensorDecoder, SensorMessage, encode_sensor
+from lstm_stream.core.wire.protocol import RejectReason as Reason
 
 F = 4
 NAMES = ("a", "b", "c", "d")
@@ -54,40 +55,41 @@ def test_reset_flag(decoder: SensorDecoder) -> None:
 
 
 BAD = [
-    ("frames", [b"sensors"], p.FRAMES, "2 frames"),
-    ("three frames", [b"sensors", b"", b""], p.FRAMES, "got 3"),
-    ("topic", [b"\xff\xfe", msgpack.packb({"seq": 1, "x": [0] * F})], p.TOPIC, "UTF-8"),
-    ("garbage", [b"sensors", b"\xc1\xc1\xc1"], p.NOT_MSGPACK, "msgpack"),
+    ("frames", [b"sensors"], Reason.FRAMES, "2 frames"),
+    ("three frames", [b"sensors", b"", b""], Reason.FRAMES, "got 3"),
+    ("topic", [b"\xff\xfe", msgpack.packb({"seq": 1, "x": [0] * F})], Reason.TOPIC, "UTF-8"),
+    ("garbage", [b"sensors", b"\xc1\xc1\xc1"], Reason.NOT_MSGPACK, "msgpack"),
     ("truncated", [b"sensors", msgpack.packb({"seq": 1, "x": [0.0] * F})[:-3]],
-     p.NOT_MSGPACK, "msgpack"),
-    ("trailing bytes", [b"sensors", msgpack.packb({"seq": 1}) + b"\x00"], p.NOT_MSGPACK, ""),
-    ("array payload", frames([1, 2, 3]), p.NOT_MAP, "got array"),
-    ("no seq", frames({"x": [0] * F}), p.MISSING_KEY, "'seq'"),
-    ("no x", frames({"seq": 1}), p.MISSING_KEY, "'x'"),
-    ("seq str", frames({"seq": "1", "x": [0] * F}), p.BAD_TYPE, "'seq' must be an integer"),
-    ("seq float", frames({"seq": 1.0, "x": [0] * F}), p.BAD_TYPE, "'seq'"),
-    ("seq bool", frames({"seq": True, "x": [0] * F}), p.BAD_TYPE, "'seq'"),
-    ("seq negative", frames({"seq": -1, "x": [0] * F}), p.BAD_VALUE, "'seq'"),
-    ("stream int", frames({"stream": 5, "seq": 1, "x": [0] * F}), p.BAD_TYPE, "'stream'"),
-    ("stream empty", frames({"stream": "", "seq": 1, "x": [0] * F}), p.BAD_VALUE, "'stream'"),
-    ("stream huge", frames({"stream": "é" * 200, "seq": 1, "x": [0] * F}), p.BAD_VALUE, "256"),
-    ("stamp str", frames({"seq": 1, "stamp_ns": "now", "x": [0] * F}), p.BAD_TYPE, "stamp_ns"),
-    ("stamp negative", frames({"seq": 1, "stamp_ns": -5, "x": [0] * F}), p.BAD_VALUE, "stamp"),
-    ("reset str", frames({"seq": 1, "reset": "yes", "x": [0] * F}), p.BAD_TYPE, "'reset'"),
-    ("x short", frames({"seq": 1, "x": [0] * (F - 1)}), p.WRONG_LENGTH, "has 3 values"),
-    ("x bin short", frames({"seq": 1, "x": b"\x00" * 12}), p.WRONG_LENGTH, "12 bytes"),
-    ("x float64", frames({"seq": 1, "x": np.zeros(F).tobytes()}), p.WRONG_LENGTH, "32 bytes"),
-    ("x strings", frames({"seq": 1, "x": ["1", 2, 3, 4]}), p.BAD_TYPE, "only numbers"),
-    ("x nested", frames({"seq": 1, "x": [[1], 2, 3, 4]}), p.BAD_TYPE, "only numbers"),
-    ("x nil", frames({"seq": 1, "x": None}), p.BAD_TYPE, "'x' must be bin"),
-    ("x nan", frames({"seq": 1, "x": [0, math.nan, 0, 0]}), p.NON_FINITE, "index 1"),
+     Reason.NOT_MSGPACK, "msgpack"),
+    ("trailing bytes", [b"sensors", msgpack.packb({"seq": 1}) + b"\x00"], Reason.NOT_MSGPACK, ""),
+    ("array payload", frames([1, 2, 3]), Reason.NOT_MAP, "got array"),
+    ("no seq", frames({"x": [0] * F}), Reason.MISSING_KEY, "'seq'"),
+    ("no x", frames({"seq": 1}), Reason.MISSING_KEY, "'x'"),
+    ("seq str", frames({"seq": "1", "x": [0] * F}), Reason.BAD_TYPE, "'seq' must be an integer"),
+    ("seq float", frames({"seq": 1.0, "x": [0] * F}), Reason.BAD_TYPE, "'seq'"),
+    ("seq bool", frames({"seq": True, "x": [0] * F}), Reason.BAD_TYPE, "'seq'"),
+    ("seq negative", frames({"seq": -1, "x": [0] * F}), Reason.BAD_VALUE, "'seq'"),
+    ("stream int", frames({"stream": 5, "seq": 1, "x": [0] * F}), Reason.BAD_TYPE, "'stream'"),
+    ("stream empty", frames({"stream": "", "seq": 1, "x": [0] * F}), Reason.BAD_VALUE, "'stream'"),
+    ("stream huge", frames({"stream": "é" * 200, "seq": 1, "x": [0] * F}), Reason.BAD_VALUE, "256"),
+    ("stamp str", frames({"seq": 1, "stamp_ns": "now", "x": [0] * F}), Reason.BAD_TYPE, "stamp_ns"),
+    ("stamp negative", frames({"seq": 1, "stamp_ns": -5, "x": [0] * F}), Reason.BAD_VALUE, "stamp"),
+    ("reset str", frames({"seq": 1, "reset": "yes", "x": [0] * F}), Reason.BAD_TYPE, "'reset'"),
+    ("x short", frames({"seq": 1, "x": [0] * (F - 1)}), Reason.WRONG_LENGTH, "has 3 values"),
+    ("x bin short", frames({"seq": 1, "x": b"\x00" * 12}), Reason.WRONG_LENGTH, "12 bytes"),
+    ("x float64", frames({"seq": 1, "x": np.zeros(F).tobytes()}), Reason.WRONG_LENGTH, "32 bytes"),
+    ("x strings", frames({"seq": 1, "x": ["1", 2, 3, 4]}), Reason.BAD_TYPE, "only numbers"),
+    ("x nested", frames({"seq": 1, "x": [[1], 2, 3, 4]}), Reason.BAD_TYPE, "only numbers"),
+    ("x nil", frames({"seq": 1, "x": None}), Reason.BAD_TYPE, "'x' must be bin"),
+    ("x nan", frames({"seq": 1, "x": [0, math.nan, 0, 0]}), Reason.NON_FINITE, "index 1"),
     ("x inf bin", frames({"seq": 1, "x": np.array([0, 0, 0, np.inf], "<f4").tobytes()}),
-     p.NON_FINITE, "index 3"),
-    ("x overflow", frames({"seq": 1, "x": [1e300, 0, 0, 0]}), p.NON_FINITE, "index 0"),
+     Reason.NON_FINITE, "index 3"),
+    ("x overflow", frames({"seq": 1, "x": [1e300, 0, 0, 0]}), Reason.NON_FINITE, "index 0"),
     ("named missing", frames({"seq": 1, "x": {"a": 1, "b": 2, "c": 3, "e": 4}}),
-     p.MISSING_KEY, "'d'"),
-    ("named short", frames({"seq": 1, "x": {"a": 1}}), p.WRONG_LENGTH, "missing"),
-    ("oversized", frames({"seq": 1, "x": [0] * F, "pad": b"\x00" * 2000}), p.OVERSIZED, "1024"),
+     Reason.MISSING_KEY, "'d'"),
+    ("named short", frames({"seq": 1, "x": {"a": 1}}), Reason.WRONG_LENGTH, "missing"),
+    ("oversized", frames({"seq": 1, "x": [0] * F, "pad": b"\x00" * 2000}), Reason.OVERSIZED,
+     "1024"),
 ]
 
 
@@ -107,7 +109,7 @@ def test_rejection_names_stream_and_seq_when_readable(decoder: SensorDecoder) ->
     assert isinstance(got, Rejection)
     assert (got.stream, got.seq, got.topic) == ("car7", 9, "sensors")
     wire = got.to_wire()
-    assert wire["event"] == "rejected" and wire["reason"] == p.WRONG_LENGTH
+    assert wire["event"] == "rejected" and wire["reason"] == Reason.WRONG_LENGTH
 
 
 def test_named_features_need_feature_names() -> None:
@@ -168,14 +170,14 @@ def test_output_encoding_round_trips() -> None:
 def test_a_payload_that_is_not_msgpack_always_says_what_was_wrong(payload: bytes,
                                                                  says: str) -> None:
     got = SensorDecoder(F, NAMES, max_message_bytes=65536).decode([b"sensors", payload])
-    assert isinstance(got, Rejection) and got.reason == p.NOT_MSGPACK
+    assert isinstance(got, Rejection) and got.reason == Reason.NOT_MSGPACK
     assert says in got.detail
     assert not got.detail.rstrip().endswith(":")  # never a detail that trails off
 
 
 def test_values_beyond_float32_are_out_of_range_not_nan(decoder: SensorDecoder) -> None:
     got = decoder.decode(frames({"seq": 0, "x": [0.0, 1e300, 0.0, 0.0]}))
-    assert isinstance(got, Rejection) and got.reason == p.NON_FINITE
+    assert isinstance(got, Rejection) and got.reason == Reason.NON_FINITE
     assert "value 1e+300 at index 1 is out of float32 range" in got.detail
     got = decoder.decode(frames({"seq": 0, "x": {"a": 0, "b": 0, "c": -1e39, "d": 0}}))
     assert isinstance(got, Rejection) and "value -1e+39 at index 2 is out of float32" in (
@@ -194,7 +196,7 @@ def test_a_valid_long_name_passes_the_exact_check(decoder: SensorDecoder) -> Non
 def test_diagnostics_events_are_their_wire_values() -> None:
     assert [str(e) for e in p.EventKind] == ["rejected", "stream_expired", "waiting",
                                              "stale_skipped"]
-    wire = Rejection(p.BAD_VALUE, "why").to_wire()
+    wire = Rejection(Reason.BAD_VALUE, "why").to_wire()
     assert msgpack.unpackb(msgpack.packb(wire))["event"] == "rejected"
 
 
@@ -203,16 +205,17 @@ def control(body: object) -> bytes:
 
 
 @pytest.mark.parametrize(("raw", "reason", "reply"), [
-    (b"\xc1", p.NOT_MSGPACK,
+    (b"\xc1", Reason.NOT_MSGPACK,
      'request is not msgpack (FormatError); send a map such as {"cmd": "status"}'),
-    (control([1]), p.NOT_MAP,
+    (control([1]), Reason.NOT_MAP,
      "request must be a map with a string 'cmd': status, streams or reset"),
-    (control({}), p.MISSING_KEY,
+    (control({}), Reason.MISSING_KEY,
      "request must be a map with a string 'cmd': status, streams or reset"),
-    (control({"cmd": 3}), p.BAD_TYPE,
+    (control({"cmd": 3}), Reason.BAD_TYPE,
      "request must be a map with a string 'cmd': status, streams or reset"),
-    (control({"cmd": "stop"}), p.BAD_VALUE, "unknown cmd 'stop'; known: status, streams, reset"),
-    (control({"cmd": "reset", "stream": None}), p.BAD_TYPE,
+    (control({"cmd": "stop"}), Reason.BAD_VALUE,
+     "unknown cmd 'stop'; known: status, streams, reset"),
+    (control({"cmd": "reset", "stream": None}), Reason.BAD_TYPE,
      "'stream' must be a string, or absent to reset every stream"),
 ], ids=["garbage", "array", "no cmd", "cmd int", "unknown cmd", "reset nil stream"])
 def test_a_malformed_control_request_says_why(raw: bytes, reason: p.RejectReason,

@@ -42,14 +42,7 @@ from lstm_stream.core.state.snapshot_files import (
     require_snapshot_file,
     write_atomic,
 )
-from lstm_stream.core.state.store import (
-    CONTROL,
-    IDLE,
-    RESET_REASONS,
-    RESTORED,
-    ResetReason,
-    StateStore,
-)
+from lstm_stream.core.state.store import RESET_REASONS, ResetReason, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -250,14 +243,15 @@ def restore(store: StateStore, path: str | Path, model_sha256: str, *,
     for i, name in enumerate(snap.name):
         idle_ns = snap.idle_ns[i] + age_ns
         if idle_ns > store.idle_timeout_ns:
-            store.forget(name, IDLE)
+            store.forget(name, ResetReason.IDLE)
             result.idle += 1
             continue
         pending = snap.pending_reset[i]
         store.restore(name, [arr[i][:, None, :] for arr in snap.arrays],
                       last_seq=snap.last_seq[i], last_stamp_ns=snap.last_stamp_ns[i],
                       step=snap.step[i], last_seen_ns=now_ns - idle_ns,
-                      pending_reset=CONTROL if pending == CONTROL else RESTORED)
+                      pending_reset=(ResetReason.CONTROL if pending == ResetReason.CONTROL
+                                     else ResetReason.RESTORED))
         result.restored += 1
     result.note = (f"restored {result.restored} streams from {str(path)!r} "
                    f"({age_ns / 1e9:.3f} s old)"

@@ -29,7 +29,7 @@ from enum import StrEnum
 import numpy as np
 
 from lstm_stream.core.model.contract import StateSpec
-from lstm_stream.core.wire.protocol import STALE_SEQ, Rejection, SensorMessage
+from lstm_stream.core.wire.protocol import Rejection, RejectReason, SensorMessage
 
 
 class ResetReason(StrEnum):
@@ -44,11 +44,6 @@ class ResetReason(StrEnum):
     EVICTED = "evicted"  # the stream was evicted (stream cap) and has come back
     RESTORED = "restored"  # state loaded from a snapshot at start-up (not zeroed; snapshot.py)
 
-
-NEW_STREAM, REQUESTED, CONTROL = (ResetReason.NEW_STREAM, ResetReason.REQUESTED,
-                                  ResetReason.CONTROL)
-IDLE, GAP, EVICTED, RESTORED = (ResetReason.IDLE, ResetReason.GAP, ResetReason.EVICTED,
-                                ResetReason.RESTORED)
 
 RESET_REASONS = tuple(ResetReason)
 
@@ -120,28 +115,29 @@ class StateStore:
         """Decide how ``msg`` is stepped; changes nothing."""
         stream = self._streams.get(msg.stream)
         if stream is None:
-            reason = self._forgotten.get(msg.stream, NEW_STREAM)
+            reason = self._forgotten.get(msg.stream, ResetReason.NEW_STREAM)
             return Admission(None, self._zeros, reason, 0)
         if now_ns - stream.last_seen_ns > self.idle_timeout_ns:
-            return Admission(stream, self._zeros, IDLE, 0)
+            return Admission(stream, self._zeros, ResetReason.IDLE, 0)
         seq, last = msg.seq, stream.last_seq
         gap = seq - last - 1 if seq > last else 0
         if msg.reset:
-            return Admission(stream, self._zeros, REQUESTED, gap)
+            return Admission(stream, self._zeros, ResetReason.REQUESTED, gap)
         if seq <= last:
-            return Rejection(STALE_SEQ, f"seq {seq} is not after the last stepped seq {last} "
+            return Rejection(RejectReason.STALE_SEQ,
+                             f"seq {seq} is not after the last stepped seq {last} "
                              "of this stream (duplicate or out of order); dropped. Send "
                              "reset: true to start the stream again.",
                              msg.topic, msg.stream, seq)
         pending = stream.pending_reset
         if pending is not None:
-            if pending != RESTORED:
+            if pending != ResetReason.RESTORED:
                 return Admission(stream, self._zeros, pending, gap)
             if not (self.max_gap and gap > self.max_gap):
                 # Restored state is fed, not zeroed; the output says where it came from.
-                return Admission(stream, stream.states, RESTORED, gap)
+                return Admission(stream, stream.states, ResetReason.RESTORED, gap)
         if self.max_gap and gap > self.max_gap:
-            return Admission(stream, self._zeros, GAP, gap)
+            return Admission(stream, self._zeros, ResetReason.GAP, gap)
         return Admission(stream, stream.states, None, gap)
 
     def commit(self, admission: Admission, msg: SensorMessage,
@@ -251,7 +247,7 @@ class StateStore:
         while len(self._streams) >= self.max_streams:
             old_name, old = self._streams.popitem(last=False)
             self._free.append(old.slot)
-            self._forget(old_name, EVICTED)
+            self._forget(old_name, ResetReason.EVICTED)
             self.evicted += 1
         self._forgotten.pop(name, None)
         if not self._free:
@@ -284,7 +280,7 @@ class StateStore:
 
     def restore(self, name: str, states: Sequence[np.ndarray], *, last_seq: int,
                 last_stamp_ns: int | None, step: int, last_seen_ns: int,
-                pending_reset: ResetReason | None = RESTORED) -> Stream:
+                pending_reset: ResetReason | None = ResetReason.RESTORED) -> Stream:
         """Recreate a stream from a snapshot (at start-up, before any message).
 
         Its next output reports ``pending_reset`` (``restored``: the state is
@@ -324,7 +320,7 @@ class StateStore:
                 break
             del self._streams[stream.name]
             self._free.append(stream.slot)
-            self._forget(stream.name, IDLE)
+            self._forget(stream.name, ResetReason.IDLE)
             expired.append(stream)
         self.expired += len(expired)
         return expired
@@ -340,7 +336,7 @@ class StateStore:
         for stream in targets:
             for arr in stream.states:
                 arr.fill(0.0)
-            stream.pending_reset = CONTROL
+            stream.pending_reset = ResetReason.CONTROL
         return len(targets)
 
 

@@ -7,7 +7,7 @@ differ. :meth:`Emitter.emit` sorts an outcome (results.py) by kind, and
 nobody else does: the runner hands it what the stepper yields, eval the same.
 A :class:`Sink` takes the encoded payloads: the runner's ZeroMQ sink
 (serve/sink.py) sends them on its XPUB socket, eval's MCAP sinks (logs/sink.py,
-logs/json_sink.py) write them to its output log.
+evaluate/json_output.py) write them to its output log.
 
 Live, the emitter measures each output's ``latency_ns`` on the monotonic clock,
 adds ``late`` past ``output.deadline_ms`` and keeps the latencies for

@@ -25,14 +25,10 @@ import msgpack
 import numpy as np
 
 from lstm_stream.core.wire.protocol import (
-    BAD_TYPE,
-    DUPLICATE_STREAM,
     MAX_SEQ,
-    MISSING_KEY,
-    NON_FINITE,
     SHORT_STREAM_NAME,
-    WRONG_LENGTH,
     Rejection,
+    RejectReason,
     SensorDecoder,
     SensorMessage,
     check_reading,
@@ -100,21 +96,25 @@ class MessageDecoder:
     def _decode_batch(self, topic: str, body: dict[Any, Any]) -> BatchMessage | Rejection:
         streams = body["streams"]
         if type(streams) is not list or not streams:
-            return Rejection(BAD_TYPE, "'streams' must be a non-empty array of stream names "
+            return Rejection(RejectReason.BAD_TYPE,
+                             "'streams' must be a non-empty array of stream names "
                              "(a batch message, docs/protocol.md)", topic)
         n = len(streams)
         columns = {}
         for key, default in (("seq", None), ("stamp_ns", [None] * n), ("reset", [False] * n)):
             value = body.get(key, default)
             if value is None:
-                return Rejection(MISSING_KEY, f"'{key}' is required: an array of {n} integers, "
+                return Rejection(RejectReason.MISSING_KEY,
+                                 f"'{key}' is required: an array of {n} integers, "
                                  "one per stream", topic)
             if type(value) is not list or len(value) != n:
-                return Rejection(WRONG_LENGTH, f"'{key}' must be an array of {n} values, one "
+                return Rejection(RejectReason.WRONG_LENGTH,
+                                 f"'{key}' must be an array of {n} values, one "
                                  f"per stream in 'streams'", topic)
             columns[key] = value
         if "x" not in body:
-            return Rejection(MISSING_KEY, "'x' is required: a bin of streams x features "
+            return Rejection(RejectReason.MISSING_KEY,
+                             "'x' is required: a bin of streams x features "
                              "float32", topic)
         x = self._batch_features(body["x"], n)
         if isinstance(x, Rejection):
@@ -133,14 +133,16 @@ class MessageDecoder:
                 rows.append(refused)
                 continue
             if stream in seen:
-                rows.append(Rejection(DUPLICATE_STREAM, f"stream {stream[:256]!r} appears more "
+                rows.append(Rejection(RejectReason.DUPLICATE_STREAM,
+                                      f"stream {stream[:256]!r} appears more "
                                       f"than once in this batch message (row {i}); send its "
                                       "next reading in the next message", topic, stream, seq))
                 continue
             seen.add(stream)
             if not finite[i]:
                 bad = int(np.flatnonzero(~np.isfinite(x[i]))[0])
-                rows.append(Rejection(NON_FINITE, f"'x' row {i} holds NaN or Inf (first at "
+                rows.append(Rejection(RejectReason.NON_FINITE,
+                                      f"'x' row {i} holds NaN or Inf (first at "
                                       f"index {bad})", topic, stream, seq))
                 continue
             rows.append(SensorMessage(topic, stream, seq, stamp, x[i:i + 1], reset))
@@ -152,18 +154,21 @@ class MessageDecoder:
         f = self.n_features
         if type(value) is bytes:
             if len(value) != n * self._x_bytes:
-                return Rejection(WRONG_LENGTH, f"'x' is {len(value)} bytes; {n} streams x {f} "
+                return Rejection(RejectReason.WRONG_LENGTH,
+                                 f"'x' is {len(value)} bytes; {n} streams x {f} "
                                  f"float32 features are {n * self._x_bytes} bytes")
             return np.ndarray((n, f), "<f4", value)  # a read-only view, no copy
         if type(value) is list:
             if len(value) != n or any(type(r) is not list or len(r) != f for r in value):
-                return Rejection(WRONG_LENGTH, f"'x' must be {n} arrays of {f} numbers, one "
+                return Rejection(RejectReason.WRONG_LENGTH,
+                                 f"'x' must be {n} arrays of {f} numbers, one "
                                  "per stream")
             if any(type(v) not in _NUMBER for r in value for v in r):
-                return Rejection(BAD_TYPE, "'x' must hold only numbers")
+                return Rejection(RejectReason.BAD_TYPE, "'x' must hold only numbers")
             with np.errstate(over="ignore"):  # beyond float32: inf, rejected per row
                 return np.array(value, dtype=np.float32).reshape(n, f)
-        return Rejection(BAD_TYPE, "'x' of a batch message must be a bin of streams x features "
+        return Rejection(RejectReason.BAD_TYPE,
+                         "'x' of a batch message must be a bin of streams x features "
                          "float32 or an array of arrays of numbers")
 
 

@@ -2,7 +2,7 @@
 
 ``curve.py`` holds the key handling and socket set-up for both sides (the
 runner as CURVE server with an allow-list of client public keys, and clients);
-``cli.py`` adds ``lstm-stream keys``. Deployment: docs/security.md.
+``cli/keys.py`` adds ``lstm-stream keys``. Deployment: docs/security.md.
 """
 
 from __future__ import annotations
