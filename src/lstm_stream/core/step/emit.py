@@ -230,11 +230,15 @@ class Emitter:
         return (self._wall() - stamp_ns if stamp_ns is not None
                 else latency_ns) > self._deadline_ns
 
-    def _count_step(self, stream: str, reset: str | None) -> None:
+    def _stream_counts(self, stream: str) -> StreamCounts:
         assert self._streams is not None
         counts = self._streams.get(stream)
         if counts is None:
             counts = self._streams[stream] = StreamCounts()
+        return counts
+
+    def _count_step(self, stream: str, reset: str | None) -> None:
+        counts = self._stream_counts(stream)
         counts.stepped += 1
         if reset is not None:
             counts.resets[reset] += 1
@@ -246,9 +250,7 @@ class Emitter:
         counters.examples.setdefault(rejection.reason, rejection.detail)
         self._diagnostic(self._packer.pack(rejection.to_wire()), t_ns)
         if self._streams is not None and rejection.stream is not None:
-            counts = self._streams.get(rejection.stream)
-            if counts is None:
-                counts = self._streams[rejection.stream] = StreamCounts()
+            counts = self._stream_counts(rejection.stream)
             counts.rejected += 1
             counts.rejections[rejection.reason] += 1
         if self._listener is not None:

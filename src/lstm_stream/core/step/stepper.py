@@ -81,12 +81,9 @@ class StreamStepper:
 
     def step_message(self, msg: SensorMessage, now_ns: int) -> ReadingOutcome:
         """Step a message already decoded (the feature vector assembled by sources.py)."""
-        if self.shard is not None and not self.shard.owns(msg.stream):
-            return self._wrong_shard(msg)
-        admission = self.store.admit(msg, now_ns)
+        admission = self._admit(msg, now_ns)
         if type(admission) is Rejection:
             return admission
-        assert not isinstance(admission, Rejection)
         return self._step_one(msg, admission, now_ns)
 
     def step_many(self, items: Sequence[tuple[list[bytes], int]], *,
@@ -158,14 +155,17 @@ class StreamStepper:
     def _admit_into(self, pending: _PendingCall, msg: SensorMessage,
                     now_ns: int) -> Rejection | None:
         """Admit ``msg`` into the pending call; its rejection when it is refused."""
-        if self.shard is not None and not self.shard.owns(msg.stream):
-            return self._wrong_shard(msg)
-        admission = self.store.admit(msg, now_ns)
+        admission = self._admit(msg, now_ns)
         if type(admission) is Rejection:
             return admission
-        assert not isinstance(admission, Rejection)
         pending.add(msg, admission, now_ns)
         return None
+
+    def _admit(self, msg: SensorMessage, now_ns: int) -> Admission | Rejection:
+        """The store's decision for ``msg``, after the shard's (nothing changed yet)."""
+        if self.shard is not None and not self.shard.owns(msg.stream):
+            return self._wrong_shard(msg)
+        return self.store.admit(msg, now_ns)
 
     def _flush(self, pending: _PendingCall) -> list[Timed]:
         """Step the pending rows in one call; every entry, stepped or held, in order."""
